@@ -1,0 +1,3 @@
+from rma.cli import app
+
+app()

@@ -1,0 +1,147 @@
+"""The 14 services of the pool, as data.
+
+Names, tiers, kinds, priorities and ports are the seed's public contract. Each service lists
+the engines that can run it, best first: placement picks the first engine a worker can run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """The kind of compute a worker offers, and the kind a service asks for."""
+
+    GPU = "gpu"
+    CPU = "cpu"
+    STORAGE = "storage"
+    EDGE = "edge"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One real program that can serve a service, and what a machine needs to run it."""
+
+    name: str
+    modules: tuple[str, ...] = ()
+    binaries: tuple[str, ...] = ()
+    gpu_memory_mb: int = 0
+    ram_mb: int = 256
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.gpu_memory_mb > 0
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How a worker checks a running service: an HTTP GET that must answer 2xx, or a TCP connect."""
+
+    protocol: str  # "http" or "tcp"
+    path: str = "/health"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    tier: int
+    kind: Kind
+    priority: int  # 1 is most important
+    port: int
+    engines: tuple[Engine, ...]
+    health: HealthCheck
+    stateful: bool = False
+    # A pure function of its request: safe for the router to retry on another replica.
+    retry_safe: bool = False
+    # Healthy replicas below this count make the gap report say "warning".
+    target_replicas: int = 2
+
+    def engine(self, name: str) -> Engine:
+        for engine in self.engines:
+            if engine.name == name:
+                return engine
+        raise KeyError(f"{self.name} has no engine {name!r}")
+
+
+HTTP = HealthCheck("http")
+TCP = HealthCheck("tcp")
+
+
+def own(service: str) -> Engine:
+    """An engine written in this project: it needs only the rma package."""
+    return Engine(f"rma-{service}", modules=("rma",), ram_mb=128)
+
+
+SERVICES: tuple[Service, ...] = (
+    Service(
+        "llm-inference", 1, Kind.GPU, 1, 8105,
+        (
+            Engine("vllm", modules=("vllm",), gpu_memory_mb=8192, ram_mb=8192),
+            Engine("llama-cpp", modules=("llama_cpp",), ram_mb=1024),
+        ),
+        HTTP,
+    ),
+    Service(
+        "vision-ocr", 1, Kind.GPU, 1, 8104,
+        (
+            Engine("vllm-vision", modules=("vllm",), gpu_memory_mb=8192, ram_mb=8192),
+            Engine("tesseract", modules=("pytesseract",), binaries=("tesseract",), ram_mb=512),
+        ),
+        HTTP, retry_safe=True,
+    ),
+    Service(
+        "rag-embeddings", 1, Kind.GPU, 2, 8102,
+        (
+            Engine("sentence-transformers-cuda", modules=("sentence_transformers",),
+                   gpu_memory_mb=1024, ram_mb=2048),
+            Engine("sentence-transformers", modules=("sentence_transformers",), ram_mb=1024),
+        ),
+        HTTP, retry_safe=True,
+    ),
+    Service(
+        "ner-extraction", 2, Kind.CPU, 2, 8108,
+        (Engine("spacy", modules=("spacy",), ram_mb=512),), HTTP, retry_safe=True,
+    ),
+    Service(
+        "document-processing", 2, Kind.CPU, 2, 8103,
+        (Engine("pdf-docx", modules=("pypdf", "docx"), ram_mb=256),), HTTP, retry_safe=True,
+    ),
+    Service("notes-coa", 2, Kind.CPU, 3, 8100, (own("notes-coa"),), HTTP),
+    Service(
+        "chromadb", 3, Kind.STORAGE, 1, 8000,
+        (Engine("chroma", binaries=("chroma",), ram_mb=512),),
+        HealthCheck("http", "/api/v2/heartbeat"), stateful=True, target_replicas=1,
+    ),
+    Service(
+        "redis", 3, Kind.STORAGE, 2, 6379,
+        (Engine("redis-server", binaries=("redis-server",), ram_mb=128),),
+        TCP, stateful=True, target_replicas=1,
+    ),
+    Service(
+        "postgres", 3, Kind.STORAGE, 3, 5432,
+        (Engine("postgres", binaries=("postgres", "initdb"), ram_mb=256),),
+        TCP, stateful=True, target_replicas=1,
+    ),
+    Service(
+        "minio", 3, Kind.STORAGE, 4, 9000,
+        (Engine("minio", binaries=("minio",), ram_mb=256),),
+        HealthCheck("http", "/minio/health/live"), stateful=True, target_replicas=1,
+    ),
+    Service(
+        "neo4j", 3, Kind.STORAGE, 5, 7474,
+        (Engine("neo4j", binaries=("neo4j",), ram_mb=1024),),
+        HealthCheck("http", "/"), stateful=True, target_replicas=1,
+    ),
+    Service("coordinator", 4, Kind.EDGE, 1, 8080, (own("coordinator"),), HTTP),
+    Service("edge-proxy", 4, Kind.EDGE, 1, 8787, (own("edge-proxy"),), HTTP),
+    Service("load-balancer", 4, Kind.EDGE, 2, 8090, (own("load-balancer"),), HTTP),
+)
+
+BY_NAME: dict[str, Service] = {service.name: service for service in SERVICES}
+ENGINE_NAMES: frozenset[str] = frozenset(e.name for s in SERVICES for e in s.engines)
+
+
+def get(name: str) -> Service:
+    """The service called `name`; KeyError for a name outside the catalogue."""
+    return BY_NAME[name]

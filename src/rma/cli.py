@@ -1,0 +1,49 @@
+"""The `rma` command line. Every flag can also be set through the environment variable it names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from rma.coordinator.state import CoordinatorSettings
+
+app = typer.Typer(help="RMA pool: coordinator, universal worker and operator tools.", no_args_is_help=True)
+
+
+@app.command()
+def coordinator(
+    host: str = typer.Option("127.0.0.1", envvar="COORDINATOR_HOST", help="Address to listen on."),
+    port: int = typer.Option(8080, envvar="COORDINATOR_PORT", help="Port to listen on."),
+    data_dir: Path = typer.Option(Path(".rma/coordinator"), envvar="DATA_DIR", help="Registry folder."),
+    heartbeat_interval: float = typer.Option(5.0, envvar="HEARTBEAT_INTERVAL", min=0.1,
+                                             help="Seconds between worker heartbeats."),
+    grace_intervals: float = typer.Option(3.0, envvar="HEARTBEAT_GRACE_INTERVALS", min=1.0,
+                                          help="Missed intervals before a worker counts as down."),
+    join_token: str | None = typer.Option(None, envvar="RMA_JOIN_TOKEN", show_default=False,
+                                          help="Token workers need to join (unset: loopback only)."),
+    admin_token: str | None = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False,
+                                           help="Token for /api/admin (unset: loopback only)."),
+) -> None:
+    """Run the coordinator: worker registry, gap-filling placement, health timers."""
+    from rma.coordinator.server import serve
+
+    serve(CoordinatorSettings(host=host, port=port, data_dir=data_dir, heartbeat_interval=heartbeat_interval,
+                              grace_intervals=grace_intervals, join_token=join_token or None,
+                              admin_token=admin_token or None))
+
+
+@app.command()
+def status(
+    coordinator: str = typer.Option("http://127.0.0.1:8080", "--coordinator", envvar="COORDINATOR_URL",
+                                    help="Coordinator URL."),
+    admin_token: str | None = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False),
+) -> None:
+    """Show the pool's workers and service gaps as tables."""
+    from rma.status import show_status
+
+    raise typer.Exit(show_status(coordinator.split(",")[0].strip(), admin_token))
+
+
+def main() -> None:
+    app()

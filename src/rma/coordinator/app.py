@@ -1,0 +1,140 @@
+"""The coordinator as an ASGI app: routes, error translation, body limit and the health timers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rma.coordinator.metrics import Metrics
+from rma.coordinator.registry import Registry
+from rma.coordinator.routes import WORKER_ROUTES, router
+from rma.coordinator.state import CoordinatorSettings, CoordinatorState
+from rma.coordinator.store import Store
+from rma.protocol import ApiError
+
+log = logging.getLogger("rma.coordinator")
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413, whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                # Raised inside the route's body read, so the app's ApiError handler answers it.
+                raise BodyTooLarge(f"request body larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    body = json.dumps({"error": f"request body larger than {limit} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _timers(state: CoordinatorState) -> None:
+    """One loop for both timers: mark silent workers down, and batch heartbeat times to disk."""
+    settings = state.settings
+    period = max(0.1, min(settings.heartbeat_interval / 4, settings.flush_interval))
+    since_flush = 0.0
+    while True:
+        await asyncio.sleep(period * random.uniform(0.9, 1.1))
+        state.registry.sweep()
+        since_flush += period
+        if since_flush >= settings.flush_interval:
+            since_flush = 0.0
+            state.registry.flush()
+
+
+async def _api_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ApiError)
+    return JSONResponse({"error": error.message}, status_code=error.status)
+
+
+async def _invalid(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"error": "invalid request", "detail": _plain(error.errors())}, status_code=422)
+
+
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+
+def create_app(settings: CoordinatorSettings) -> Starlette:
+    """The coordinator app: the worker protocol on plain Starlette, everything else on FastAPI."""
+    store = Store(settings.data_dir / "registry.sqlite3")
+    registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown)
+    state = CoordinatorState(settings, registry, Metrics(registry))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not settings.join_token:
+            log.warning("RMA_JOIN_TOKEN is unset: registration is accepted from loopback only")
+        if not settings.admin_token:
+            log.warning("RMA_ADMIN_TOKEN is unset: /api/admin is open to loopback only")
+        timers = asyncio.create_task(_timers(state))
+        try:
+            yield
+        finally:
+            timers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timers
+            registry.flush()
+            store.close()
+
+    handlers: dict[Any, Any] = {
+        ApiError: _api_error, RequestValidationError: _invalid, StarletteHTTPException: _http_error,
+    }
+    api = FastAPI(title="RMA pool coordinator", exception_handlers=handlers)
+    api.state.coordinator = state
+    api.include_router(router)
+    app = Starlette(
+        routes=[*WORKER_ROUTES, Mount("", app=api)],
+        exception_handlers=handlers,
+        middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
+        lifespan=lifespan,
+    )
+    app.state.coordinator = state
+    return app
+
+
+def _plain(errors: Any) -> list[str]:
+    return [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors]

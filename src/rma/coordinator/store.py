@@ -1,0 +1,94 @@
+"""The registry's disk: one SQLite file in WAL mode under the data dir.
+
+Registrations and assignment changes are committed at once, one row each, so a `kill -9`
+loses nothing and the cost does not grow with the number of workers. Heartbeats only move
+`last_seen`, which is written in batches (`touch_many`), never once per beat.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id     TEXT PRIMARY KEY,
+    token_hash    TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    host          TEXT NOT NULL,
+    tunnel_url    TEXT,
+    capabilities  TEXT NOT NULL,
+    assigned      TEXT NOT NULL,
+    holds_data    TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_seen     REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class StoredWorker:
+    worker_id: str
+    token_hash: str
+    kind: str
+    host: str
+    tunnel_url: str | None
+    capabilities: str  # JSON, as the worker's capabilities model writes it
+    assigned: tuple[str, ...]
+    holds_data: frozenset[str]
+    registered_at: float
+    last_seen: float
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a committed row survives a process crash (kill -9).
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(SCHEMA)
+
+    def load(self) -> list[StoredWorker]:
+        rows = self._db.execute(
+            "SELECT worker_id, token_hash, kind, host, tunnel_url, capabilities, assigned, holds_data,"
+            " registered_at, last_seen FROM workers"
+        ).fetchall()
+        return [
+            StoredWorker(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])),
+                         frozenset(json.loads(r[7])), r[8], r[9])
+            for r in rows
+        ]
+
+    def save(self, worker: StoredWorker) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (worker.worker_id, worker.token_hash, worker.kind, worker.host, worker.tunnel_url,
+             worker.capabilities, json.dumps(list(worker.assigned)),
+             json.dumps(sorted(worker.holds_data)), worker.registered_at, worker.last_seen),
+        )
+
+    def save_assignment(self, worker_id: str, assigned: Iterable[str], holds_data: Iterable[str]) -> None:
+        self._db.execute(
+            "UPDATE workers SET assigned = ?, holds_data = ? WHERE worker_id = ?",
+            (json.dumps(list(assigned)), json.dumps(sorted(holds_data)), worker_id),
+        )
+
+    def touch_many(self, seen: Iterable[tuple[float, str]]) -> None:
+        """Write many workers' last heartbeat times in one transaction."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("UPDATE workers SET last_seen = ? WHERE worker_id = ?", seen)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def delete(self, worker_id: str) -> None:
+        self._db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,84 @@
+"""What placement sees: frozen views of workers and the pool's replica counts.
+
+The registry keeps one `Pool` up to date by adding and subtracting each worker's
+`contribution`, so a decision for one worker costs the same with 10 or 10,000 workers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from rma.catalog import Kind
+
+# Service states a worker reports that mean "answering requests now".
+SERVING_STATES = frozenset({"healthy", "running"})
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One worker as placement sees it."""
+
+    worker_id: str
+    kind: Kind
+    healthy: bool = True
+    has_gpu: bool = False
+    # Total GPU memory; None when the worker did not say (trusted, no memory check).
+    gpu_memory_mb: int | None = None
+    # Total RAM; None when unknown (no RAM check).
+    ram_mb: int | None = None
+    # Engines the worker can start; None means "trusted for every service of its kind"
+    # (the seed's own agent reports no engine list).
+    engines: frozenset[str] | None = None
+    assigned: tuple[str, ...] = ()
+    serving: frozenset[str] = frozenset()
+    # Services that crash-looped here recently: placed elsewhere for a while.
+    failed: frozenset[str] = frozenset()
+    # Stateful services whose data lives on this worker.
+    holds_data: frozenset[str] = frozenset()
+
+
+def contribution(worker: WorkerState) -> Counter[tuple[str, ...]]:
+    """The counts one worker adds to the pool: nothing unless it is healthy."""
+    counts: Counter[tuple[str, ...]] = Counter()
+    if not worker.healthy:
+        return counts
+    counts[("workers", worker.kind)] += 1
+    for name in worker.assigned:
+        counts[("assigned", name)] += 1
+        counts[("assigned", name, worker.kind)] += 1
+        if name in worker.serving:
+            counts[("serving", name)] += 1
+            counts[("serving", name, worker.kind)] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Replica counts over the healthy workers."""
+
+    counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, workers: Iterable[WorkerState]) -> Pool:
+        total: Counter[tuple[str, ...]] = Counter()
+        for worker in workers:
+            total.update(contribution(worker))
+        return cls(total)
+
+    def without(self, worker: WorkerState) -> Pool:
+        counts = Counter(self.counts)
+        counts.subtract(contribution(worker))
+        return Pool(counts)
+
+    def workers(self, kind: Kind) -> int:
+        return self.counts[("workers", kind)]
+
+    def assigned(self, service: str, on: Kind | None = None) -> int:
+        key = ("assigned", service) if on is None else ("assigned", service, on)
+        return self.counts[key]
+
+    def serving(self, service: str, on: Kind | None = None) -> int:
+        key = ("serving", service) if on is None else ("serving", service, on)
+        return self.counts[key]

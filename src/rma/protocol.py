@@ -1,0 +1,162 @@
+"""The HTTP contract between coordinator, workers and operators, as pydantic models.
+
+Unknown fields are tolerated (the seed's agent and newer agents send extra data); what we
+read is checked: ids and URLs by shape, numbers finite and non-negative.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SERVICE_STATES = ("starting", "healthy", "running", "unhealthy", "crashed", "failed", "stopped")
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/?#]+(?::\d+)?(/[^\s]*)?$", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _worker_id(value: str) -> str:
+    if not WORKER_ID_PATTERN.match(value):
+        raise ValueError("1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+WorkerId = Annotated[str, AfterValidator(_worker_id)]
+HttpUrl = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_finite)]
+Count = Annotated[int, Field(ge=0, le=2**53)]
+ServiceName = Annotated[str, Field(max_length=64)]
+SeedState = Annotated[str, Field(max_length=32)]
+Host = Annotated[str, Field(max_length=255, pattern=r"^[A-Za-z0-9.:\-\[\]]+$")]
+
+
+class Tolerant(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Gpu(Tolerant):
+    name: str = Field("", max_length=200)
+    memory_mb: Count = 0
+    free_mb: Count | None = None
+
+
+class Capabilities(Tolerant):
+    worker_type: Literal["auto", "gpu", "cpu", "storage", "edge"] | None = None
+    has_gpu: bool = False
+    gpus: list[Gpu] = Field(default_factory=list, max_length=64)
+    gpu_memory_mb: Count | None = None
+    cpu_cores: Count | None = None
+    ram_mb: Count | None = None
+    disk_free_mb: Count | None = None
+    has_storage: bool = False
+    has_edge: bool = False
+    has_public_ip: bool = False
+    # Engines the worker can start (see rma.catalog); None: the seed's agent, trusted by kind.
+    engines: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=64)
+    # Stateful services whose data the worker holds in its data dir.
+    data_services: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=32)
+
+
+class RegisterRequest(Tolerant):
+    worker_id: WorkerId | None = None
+    tunnel_url: HttpUrl | None = None
+    vpn_ip: Host | None = None
+    advertise_host: Host | None = None
+    capabilities: Capabilities = Field(default_factory=lambda: Capabilities())
+
+
+class ServiceConfig(BaseModel):
+    name: str
+    port: int
+    priority: int
+    tier: int
+    kind: str
+    engine: str | None
+
+
+class Assignment(BaseModel):
+    """What a worker should run: sent with registration and with every heartbeat answer."""
+
+    worker_id: str
+    assigned_services: list[str]
+    service_configs: list[ServiceConfig]
+    heartbeat_interval: float
+
+
+class RegisterResponse(Assignment):
+    status: Literal["registered"] = "registered"
+    worker_type: str
+    tier: int
+    worker_token: str
+    message: str
+
+
+class ServiceStatus(Tolerant):
+    state: Literal[SERVICE_STATES] = "running"  # type: ignore[valid-type]
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    restarts: Count = 0
+    message: str = Field("", max_length=500)
+
+
+class HeartbeatRequest(Tolerant):
+    worker_id: WorkerId
+    status: str = Field("healthy", max_length=32)
+    current_load: Amount = 0.0
+    cpu_percent: Amount = 0.0
+    ram_percent: Amount = 0.0
+    gpu_utilization: Amount = 0.0
+    active_requests: Count = 0
+    # The seed's agent sends {name: "running"}; ours sends {name: ServiceStatus}.
+    services_status: dict[ServiceName, ServiceStatus | SeedState] = Field(default_factory=dict, max_length=32)
+
+
+class HeartbeatResponse(Assignment):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class ApiError(Exception):
+    """An error with its HTTP status: raised in the core, translated at the HTTP edge only."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class Unavailable(ApiError):
+    status = 503

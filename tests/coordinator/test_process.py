@@ -1,0 +1,88 @@
+"""A real `rma coordinator` process over real sockets: crash with kill -9, restart, self-heal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from procs import RmaProcess, free_port, start_coordinator, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def register(url: str, worker_id: str, kind: str, engines: list[str]) -> dict[str, Any]:
+    response = httpx.post(f"{url}/api/worker/register", timeout=5, json={
+        "worker_id": worker_id, "advertise_host": "127.0.0.1",
+        "capabilities": {"worker_type": kind, "engines": engines}})
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def beat(url: str, worker_id: str, token: str, services: list[str]) -> httpx.Response:
+    return httpx.post(f"{url}/api/worker/heartbeat", timeout=5, headers={"Authorization": f"Bearer {token}"},
+                      json={"worker_id": worker_id,
+                            "services_status": {s: {"state": "healthy"} for s in services}})
+
+
+def test_kill_9_right_after_registration_loses_nothing(tmp_path: Path, processes: list[RmaProcess]) -> None:
+    port = free_port()
+    coordinator, url = start_coordinator(tmp_path, port=port)
+    processes.append(coordinator)
+    assert "registration is accepted from loopback only" in coordinator.log()
+    workers = {f"w{i}": register(url, f"w{i}", kind, ["spacy", "pdf-docx", "redis-server"])
+               for i, kind in enumerate(["cpu", "cpu", "storage"])}
+    coordinator.kill9()
+
+    restarted, url = start_coordinator(tmp_path, port=port)
+    processes.append(restarted)
+    listed = {w["worker_id"]: w for w in httpx.get(f"{url}/api/admin/workers").json()["workers"]}
+    assert set(listed) == set(workers)
+    for worker_id, answer in workers.items():
+        assert listed[worker_id]["assigned_services"] == answer["assigned_services"]
+        # The worker's token survived too: it carries on without re-registering.
+        response = beat(url, worker_id, answer["worker_token"], answer["assigned_services"])
+        assert response.status_code == 200
+        assert response.json()["assigned_services"] == answer["assigned_services"]
+
+
+def test_dead_workers_service_moves_to_a_survivor_within_grace(tmp_path: Path,
+                                                               processes: list[RmaProcess]) -> None:
+    interval = 0.5
+    coordinator, url = start_coordinator(tmp_path, interval=interval)
+    processes.append(coordinator)
+    first = register(url, "s1", "storage", ["redis-server"])
+    second = register(url, "s2", "storage", ["redis-server"])
+    assert first["assigned_services"] == ["redis"] and second["assigned_services"] == []
+    beat(url, "s1", first["worker_token"], ["redis"])
+
+    died = time.monotonic()  # s1 stops beating from here on, as if killed
+
+    def survivor_has_redis() -> bool:
+        answer = beat(url, "s2", second["worker_token"], []).json()
+        return "redis" in answer["assigned_services"]
+
+    wait_until(survivor_has_redis, timeout=10 * interval, interval=interval / 5, what="redis re-placed on s2")
+    elapsed = time.monotonic() - died
+    # Down after 3 silent intervals, re-placed on the survivor's next beat (+ one timer tick of slack).
+    assert elapsed <= 3 * interval + interval, elapsed
+    gaps = {g["service"]: g for g in httpx.get(f"{url}/api/admin/gaps").json()["gaps"]}
+    assert gaps["redis"]["current_workers"] == 1
+    events = [e["kind"] for e in httpx.get(f"{url}/api/admin/events").json()["events"]]
+    assert "down" in events
+
+
+def test_join_token_from_the_environment(tmp_path: Path, processes: list[RmaProcess]) -> None:
+    coordinator, url = start_coordinator(tmp_path, env={"RMA_JOIN_TOKEN": "t0ken", "RMA_ADMIN_TOKEN": "adm-7f3kq"})
+    processes.append(coordinator)
+    body = {"worker_id": "c1", "capabilities": {"worker_type": "cpu"}}
+    assert httpx.post(f"{url}/api/worker/register", json=body).status_code == 401
+    ok = httpx.post(f"{url}/api/worker/register", json=body, headers={"Authorization": "Bearer t0ken"})
+    assert ok.status_code == 200
+    assert httpx.get(f"{url}/api/admin/workers").status_code == 401
+    assert httpx.get(f"{url}/api/admin/workers", headers={"Authorization": "Bearer adm-7f3kq"}).status_code == 200
+    assert "t0ken" not in coordinator.log() and "adm-7f3kq" not in coordinator.log()

@@ -1,0 +1,165 @@
+"""The registry with a hand-driven clock: health timers, self-healing, persistence, placement on every beat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rma.coordinator.registry import Registry
+from rma.coordinator.store import Store
+from rma.protocol import Conflict, HeartbeatRequest, NotFound, RegisterRequest, ServiceStatus
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(tmp_path: Path, clock: Clock, interval: float = 1.0) -> Registry:
+    return Registry(Store(tmp_path / "registry.sqlite3"), interval, grace_intervals=3, failure_cooldown=60,
+                    clock=clock)
+
+
+def join(registry: Registry, worker_id: str, kind: str, engines: list[str] | None = None,
+         **caps: object) -> str:
+    request = RegisterRequest.model_validate(
+        {"worker_id": worker_id, "capabilities": {"worker_type": kind, "engines": engines, **caps}})
+    _, token = registry.register(request, "127.0.0.1", None)
+    return token
+
+
+def serve_all(registry: Registry, worker_id: str, **states: str) -> tuple[str, ...]:
+    """One heartbeat reporting every assigned service healthy (or the given states); returns the new assignment."""
+    record = registry.get(worker_id)
+    status = {s: {"state": states.get(s.replace("-", "_"), "healthy")} for s in record.assigned}
+    registry.heartbeat(HeartbeatRequest.model_validate({"worker_id": worker_id, "services_status": status}))
+    return registry.get(worker_id).assigned
+
+
+def test_silent_worker_goes_down_after_grace_and_survivor_takes_its_gap(tmp_path: Path) -> None:
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    join(registry, "s1", "storage", ["redis-server"])
+    join(registry, "s2", "storage", ["redis-server"])
+    assert registry.get("s1").assigned == ("redis",)
+    assert serve_all(registry, "s2") == ()  # a store is not replicated onto a second worker
+    serve_all(registry, "s1")
+
+    clock.now += 2.9
+    serve_all(registry, "s2")
+    assert registry.sweep() == []  # s1 is silent for 2.9 s: inside the 3-interval grace
+    clock.now += 0.2
+    assert registry.sweep() == ["s1"]
+    assert registry.pool().serving("redis") == 0
+    # The survivor takes the gap on its very next beat.
+    assert serve_all(registry, "s2") == ("redis",)
+    kinds = [e.kind for e in registry.events]
+    assert "down" in kinds and kinds[-1] == "assigned"
+
+
+def test_returning_store_holder_gets_its_data_back_and_keeps_it(tmp_path: Path) -> None:
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    join(registry, "s1", "storage", ["redis-server"])
+    serve_all(registry, "s1")
+    join(registry, "s2", "storage", ["redis-server"])
+    clock.now += 10
+    serve_all(registry, "s2")
+    registry.sweep()
+    assert serve_all(registry, "s2") == ("redis",)
+    # s1 comes back (its agent restarted with the same id and data dir): it gets its store back,
+    # and s2's store is not moved off a healthy worker.
+    assert serve_all(registry, "s1") == ("redis",)
+    assert serve_all(registry, "s2") == ("redis",)
+
+
+def test_crash_looping_service_is_placed_elsewhere(tmp_path: Path) -> None:
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    join(registry, "c1", "cpu", ["spacy"])
+    join(registry, "c2", "cpu", ["spacy"])
+    assert registry.get("c1").assigned == ("ner-extraction",)
+    serve_all(registry, "c2")
+    assert registry.get("c2").assigned == ("ner-extraction",)  # redundancy: target is 2 replicas
+    registry.heartbeat(HeartbeatRequest(worker_id="c1", services_status={
+        "ner-extraction": ServiceStatus(state="failed", message="exit 1 five times")}))
+    assert registry.get("c1").assigned == ()
+    assert any(e.kind == "service-failed" for e in registry.events)
+    clock.now += 61  # after the cooldown the worker may try again
+    serve_all(registry, "c2")
+    registry.heartbeat(HeartbeatRequest(worker_id="c1"))
+    assert registry.get("c1").assigned == ("ner-extraction",)
+
+
+def test_heartbeats_are_flushed_in_batches_not_per_beat(tmp_path: Path) -> None:
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    for i in range(3):
+        join(registry, f"c{i}", "cpu", ["spacy"])
+    clock.now += 0.5
+    for _ in range(5):
+        for i in range(3):
+            registry.heartbeat(HeartbeatRequest(worker_id=f"c{i}"))
+    on_disk = {w.worker_id: w.last_seen for w in registry.store.load()}
+    assert set(on_disk.values()) == {1_000.0}  # nothing written by the beats themselves
+    assert registry.flush() == 3
+    assert {w.last_seen for w in registry.store.load()} == {1_000.5}
+    assert registry.flush() == 0
+
+
+def test_restart_restores_workers_tokens_and_assignments_without_churn(tmp_path: Path) -> None:
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    token = join(registry, "c1", "cpu", ["spacy", "pdf-docx"])
+    serve_all(registry, "c1")
+    before = registry.get("c1").assigned
+    registry.store.close()
+
+    clock.now += 30  # the coordinator was down for 10 grace periods
+    restarted = make(tmp_path, clock)
+    record = restarted.get("c1")
+    assert record.assigned == before and record.healthy
+    assert restarted.token_matches("c1", token)
+    assert restarted.sweep() == []  # a fresh grace: workers are not declared dead for our own outage
+    assert serve_all(restarted, "c1") == before
+
+
+def test_unknown_worker_and_id_conflicts(tmp_path: Path) -> None:
+    registry = make(tmp_path, Clock())
+    with pytest.raises(NotFound):
+        registry.heartbeat(HeartbeatRequest(worker_id="ghost"))
+    token = join(registry, "c1", "cpu")
+    with pytest.raises(Conflict):
+        registry.register(RegisterRequest(worker_id="c1"), "127.0.0.1", "not-the-token")
+    record, _ = registry.register(RegisterRequest(worker_id="c1"), "127.0.0.1", token)
+    assert record.worker_id == "c1"
+    assert len(registry.workers) == 1
+
+
+def test_generated_ids_are_unique(tmp_path: Path) -> None:
+    registry = make(tmp_path, Clock())
+    ids = {registry.register(RegisterRequest(), "127.0.0.1", None)[0].worker_id for _ in range(20)}
+    assert len(ids) == 20
+
+
+def test_counts_match_a_full_recount_after_many_changes(tmp_path: Path) -> None:
+    """The incrementally kept pool counts never drift from a recount over all workers."""
+    from rma.placement import Pool
+
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    for i in range(6):
+        join(registry, f"w{i}", ["cpu", "storage", "edge"][i % 3],
+             ["spacy", "pdf-docx", "redis-server", "rma-edge-proxy", "rma-coordinator"])
+    for step in range(30):
+        clock.now += 0.7
+        for i in range(6):
+            if (i + step) % 4:
+                serve_all(registry, f"w{i}")
+        registry.sweep()
+        recount = Pool.of(registry.views())
+        assert +registry.counts == +recount.counts

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from rma.coordinator.state import CoordinatorSettings
+from rma.worker.commands import register as register_worker_commands
 
 app = typer.Typer(help="RMA pool: coordinator, universal worker and operator tools.", no_args_is_help=True)
 
@@ -15,7 +16,8 @@ app = typer.Typer(help="RMA pool: coordinator, universal worker and operator too
 def coordinator(
     host: str = typer.Option("127.0.0.1", envvar="COORDINATOR_HOST", help="Address to listen on."),
     port: int = typer.Option(8080, envvar="COORDINATOR_PORT", help="Port to listen on."),
-    data_dir: Path = typer.Option(Path(".rma/coordinator"), envvar="DATA_DIR", help="Registry folder."),
+    data_dir: Path = typer.Option(Path(".rma/coordinator"), envvar="COORDINATOR_DATA_DIR",
+                                  help="Registry folder."),
     heartbeat_interval: float = typer.Option(5.0, envvar="HEARTBEAT_INTERVAL", min=0.1,
                                              help="Seconds between worker heartbeats."),
     grace_intervals: float = typer.Option(3.0, envvar="HEARTBEAT_GRACE_INTERVALS", min=1.0,
@@ -45,5 +47,4 @@ def status(
     raise typer.Exit(show_status(coordinator.split(",")[0].strip(), admin_token))
 
 
-def main() -> None:
-    app()
+register_worker_commands(app)

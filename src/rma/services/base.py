@@ -1,0 +1,120 @@
+"""The one interface every catalogue service implements: how to start it, how to check it.
+
+A service module says which engine it implements, how to prepare its data dir, and which
+command to run; health checking comes from the catalogue's `HealthCheck` unless the module
+knows better (redis answers PING). Services never import the worker: the worker hands them
+a `Context` and supervises the `Launch` they return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from rma import catalog
+
+# A health probe that takes longer than this counts as a failure: a service too slow to
+# answer its health check is too slow to serve.
+HEALTH_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where and how one service instance runs on this worker."""
+
+    host: str  # address the service binds to
+    port: int
+    data_dir: Path  # the service's own folder under the worker's data dir
+    coordinator_urls: tuple[str, ...] = ()
+    heartbeat_interval: float | None = None  # the pool's, for services that take part in it
+    env: Mapping[str, str] = field(default_factory=dict)  # the worker's environment
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A process to start: argv plus the environment variables to add."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+class ServiceDriver(ABC):
+    """Base of every service module: subclasses set `name` and `engine` and build the command."""
+
+    name: str
+    engine: str
+
+    @property
+    def service(self) -> catalog.Service:
+        return catalog.get(self.name)
+
+    def prepare(self, ctx: Context) -> None:
+        """Create what the service needs before its first start (by default its data dir)."""
+        ctx.data_dir.mkdir(parents=True, exist_ok=True)
+
+    @abstractmethod
+    def launch(self, ctx: Context) -> Launch:
+        """The command that runs the service in the foreground."""
+
+    async def healthy(self, ctx: Context) -> bool:
+        """Check the service as the catalogue says: an HTTP GET answering 2xx, or a TCP connect."""
+        check = self.service.health
+        if check.protocol == "http":
+            return await http_ok(probe_host(ctx.host), ctx.port, check.path)
+        return await tcp_open(probe_host(ctx.host), ctx.port)
+
+
+def probe_host(bind_host: str) -> str:
+    """The address to probe a service on: a wildcard bind is reachable on loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind_host, bind_host)
+
+
+async def tcp_open(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), HEALTH_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    await _closed(writer)
+    return True
+
+
+async def tcp_exchange(host: str, port: int, send: bytes, expect: bytes) -> bool:
+    """Send `send` and check that the first answer starts with `expect`."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), HEALTH_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(send)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readline(), HEALTH_TIMEOUT_S)
+        return answer.startswith(expect)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        await _closed(writer)
+
+
+async def http_ok(host: str, port: int, path: str) -> bool:
+    url_host = f"[{host}]" if ":" in host else host
+    try:
+        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, trust_env=False) as client:
+            response = await client.get(f"http://{url_host}:{port}{path}")
+    except httpx.HTTPError:
+        return False
+    return response.is_success
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    try:
+        await writer.wait_closed()
+    except OSError:
+        return

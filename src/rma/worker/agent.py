@@ -1,0 +1,210 @@
+"""The universal worker's loop: register, then heartbeat and converge to the desired services.
+
+One loop, one shape: snapshot the supervisors → send it (register or heartbeat) → diff the
+answer against what runs (pure) → start and stop supervisors → sleep with jitter. The
+coordinator being down changes nothing that runs: services keep the last desired set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from rma.catalog import BY_NAME
+from rma.protocol import Assignment, Capabilities, HeartbeatRequest, RegisterRequest, ServiceConfig, ServiceStatus
+from rma.services import DRIVERS, ServiceDriver
+from rma.worker.client import CoordinatorClient, IdTaken, Unauthorized, UnknownWorker, Unreachable
+from rma.worker.config import Identity, WorkerConfig, load_identity, save_identity
+from rma.worker.engines import service_dir
+from rma.worker.probe import Probe
+from rma.worker.reconcile import Running, diff
+from rma.worker.supervisor import Placement, Policy, State, Supervisor
+
+log = logging.getLogger(__name__)
+
+JITTER = 0.1  # ±10% on every sleep, so a pool restarted together does not beat in step
+REGISTER_BACKOFF_MAX_S = 30.0
+UNREGISTER_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What registration says about this machine, fixed at start."""
+
+    capabilities: Capabilities
+    engines: dict[str, str]  # service → engine this worker runs it with
+
+
+class Agent:
+    def __init__(self, config: WorkerConfig, profile: Profile, client: CoordinatorClient, *,
+                 probe: Probe | None = None, policy: Policy | None = None,
+                 drivers: dict[str, ServiceDriver] | None = None, rng: random.Random | None = None,
+                 on_assignment: Callable[[Assignment], None] | None = None) -> None:
+        self.config = config
+        self.profile = profile
+        self.client = client
+        self.probe = probe or Probe.system()
+        self.policy = policy or Policy()
+        self.drivers = DRIVERS if drivers is None else drivers
+        self.rng = rng or random.Random()
+        self.on_assignment = on_assignment
+        self.identity = initial_identity(config)
+        self.supervisors: dict[str, Supervisor] = {}
+        self.refused: dict[str, str] = {}
+        self.interval = 5.0
+        self.registered = False
+        self._assigned: tuple[str, ...] | None = None
+
+    @property
+    def worker_id(self) -> str:
+        assert self.identity.worker_id is not None
+        return self.identity.worker_id
+
+    def statuses(self) -> dict[str, ServiceStatus]:
+        report = {name: ServiceStatus(state=State.FAILED.value, message=why) for name, why in self.refused.items()}
+        for name, sup in self.supervisors.items():
+            status = sup.status
+            report[name] = ServiceStatus(state=status.state.value, port=status.port, restarts=status.restarts,
+                                         message=status.message[:500])
+        return report
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; then end every service and unregister."""
+        async with asyncio.TaskGroup() as group:
+            failures = 0
+            while not stop.is_set():
+                try:
+                    answer = await (self._heartbeat() if self.registered else self._register())
+                except (UnknownWorker, Unauthorized) as exc:
+                    if self.registered:
+                        log.warning("heartbeat refused (%s): registering again", exc)
+                        self.registered = False
+                        continue
+                    failures += 1
+                    log.error("registration refused: %s", exc)
+                except Unreachable as exc:
+                    failures += 1
+                    log.warning("coordinator unreachable (%s); services keep running", exc)
+                except IdTaken as exc:
+                    failures += 1
+                    self._new_id_unless_chosen(exc)
+                except Exception as exc:  # noqa: BLE001 - a bad answer must not end the worker
+                    failures += 1
+                    log.error("coordinator call failed: %s", exc)
+                else:
+                    failures = 0
+                    self._apply(answer, group)
+                wait = self.interval if self.registered else min(REGISTER_BACKOFF_MAX_S, 2.0 ** min(failures, 5) / 2)
+                await self._sleep(stop, wait * self.rng.uniform(1 - JITTER, 1 + JITTER))
+            for sup in self.supervisors.values():
+                sup.stop()
+        await self._unregister()
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+        except TimeoutError:
+            return
+
+    def _register_request(self) -> RegisterRequest:
+        public = self.config.public_url
+        return RegisterRequest(worker_id=self.worker_id, advertise_host=self.config.host,
+                               tunnel_url=public, capabilities=self.profile.capabilities,
+                               services_status={k: v.model_dump() for k, v in self.statuses().items()})
+
+    async def _register(self) -> Assignment:
+        answer = await self.client.register(self._register_request(), self.identity.worker_token)
+        self.identity = Identity(answer.worker_id, answer.worker_token)
+        save_identity(self.config.data_dir, self.identity)
+        self.registered = True
+        log.info("registered with %s as %s (%s, tier %s)", self.client.url, answer.worker_id,
+                 answer.worker_type, answer.tier)
+        return answer
+
+    async def _heartbeat(self) -> Assignment:
+        cpu = psutil.cpu_percent(None)
+        request = HeartbeatRequest(
+            worker_id=self.worker_id, status="healthy", current_load=cpu / 100, cpu_percent=cpu,
+            ram_percent=psutil.virtual_memory().percent, gpu_utilization=self.probe.gpu_utilization(),
+            services_status=dict(self.statuses()))
+        assert self.identity.worker_token is not None
+        return await self.client.heartbeat(request, self.identity.worker_token)
+
+    def _new_id_unless_chosen(self, exc: IdTaken) -> None:
+        if self.config.worker_id:
+            log.error("worker id %s is held by another worker (%s); set another WORKER_ID", self.worker_id, exc)
+            return
+        self.identity = Identity(new_worker_id(), None)
+        log.warning("saved worker id is held by another worker; registering as %s", self.worker_id)
+
+    def _apply(self, answer: Assignment, group: asyncio.TaskGroup) -> None:
+        self.interval = answer.heartbeat_interval
+        if self.on_assignment and tuple(answer.assigned_services) != self._assigned:
+            self.on_assignment(answer)
+        self._assigned = tuple(answer.assigned_services)
+        desired = [c for c in answer.service_configs if c.name in answer.assigned_services]
+        desired += [c for c in _bare_configs(answer) if c.name not in {d.name for d in desired}]
+        running = {name: Running(name, sup.stopping) for name, sup in self.supervisors.items()}
+        actions = diff(desired, running, self.profile.engines, self.drivers.keys())
+        self.refused = dict(actions.refused)
+        for name in actions.stop:
+            log.info("%s: no longer assigned, stopping", name)
+            self.supervisors[name].stop()
+        for config in actions.start:
+            self._start(config.name, config.port, group)
+
+    def _start(self, name: str, port: int, group: asyncio.TaskGroup) -> None:
+        data_dir = self.config.data_dir
+        placement = Placement(self.config.bind_host, port, service_dir(data_dir, name),
+                              data_dir / "logs" / f"{name}.log", self.config.coordinator_urls, self.interval,
+                              self.config.service_env)
+        sup = Supervisor(self.drivers[name], placement, self.policy)
+        self.supervisors[name] = sup
+        log.info("%s: assigned, starting on port %d (log %s)", name, port, placement.log_path)
+        group.create_task(self._supervise(sup), name=f"supervise-{name}")
+
+    async def _supervise(self, sup: Supervisor) -> None:
+        """Run one supervisor; a fault in it ends that service, never the worker."""
+        try:
+            await sup.run()
+        except Exception:
+            log.exception("%s: supervisor failed", sup.name)
+        finally:
+            if self.supervisors.get(sup.name) is sup:
+                del self.supervisors[sup.name]
+
+    async def _unregister(self) -> None:
+        if not (self.registered and self.identity.worker_token):
+            return
+        try:
+            await asyncio.wait_for(self.client.unregister(self.worker_id, self.identity.worker_token),
+                                   UNREGISTER_TIMEOUT_S)
+            log.info("unregistered %s", self.worker_id)
+        except Exception as exc:  # noqa: BLE001 - leaving anyway; the coordinator times us out
+            log.warning("could not unregister: %s", exc)
+
+
+def _bare_configs(answer: Assignment) -> list[ServiceConfig]:
+    """Assigned names the answer gives no config for: the catalogue's port, any engine."""
+    named = {c.name for c in answer.service_configs}
+    return [ServiceConfig(name=n, port=BY_NAME[n].port, priority=BY_NAME[n].priority, tier=BY_NAME[n].tier,
+                          kind=BY_NAME[n].kind.value, engine=None)
+            for n in answer.assigned_services if n not in named and n in BY_NAME]
+
+
+def initial_identity(config: WorkerConfig) -> Identity:
+    """The saved identity, unless WORKER_ID names another one; a fresh id when there is none."""
+    saved = load_identity(config.data_dir)
+    if config.worker_id and config.worker_id != saved.worker_id:
+        return Identity(config.worker_id, None)
+    return saved if saved.worker_id else Identity(new_worker_id(), None)
+
+
+def new_worker_id() -> str:
+    return f"worker-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,38 @@
+"""Which engines this worker can start, and which stores' data it holds.
+
+An engine is reported only when this project implements its service (a module in
+`rma.services`) and the machine has its modules and binaries, so placement never assigns
+what cannot start here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from rma.catalog import SERVICES
+from rma.services import DRIVERS, ServiceDriver
+from rma.worker.probe import Probe
+
+
+def runnable_engines(probe: Probe, drivers: Mapping[str, ServiceDriver] = DRIVERS) -> list[str]:
+    found = []
+    for driver in drivers.values():
+        engine = driver.service.engine(driver.engine)
+        if all(map(probe.has_module, engine.modules)) and all(map(probe.has_binary, engine.binaries)):
+            found.append(engine.name)
+    return sorted(found)
+
+
+def service_dir(data_dir: Path, service: str) -> Path:
+    return data_dir / "services" / service
+
+
+def data_services(data_dir: Path) -> list[str]:
+    """Stateful services with data in this worker's data dir: they should come back here."""
+    held = []
+    for service in SERVICES:
+        folder = service_dir(data_dir, service.name)
+        if service.stateful and folder.is_dir() and any(folder.iterdir()):
+            held.append(service.name)
+    return held

@@ -1,0 +1,30 @@
+"""From detection to what registration says: capabilities, engines, and the `Detected` lines."""
+
+from __future__ import annotations
+
+from rma.protocol import Capabilities, Gpu
+from rma.services import DRIVERS
+from rma.worker.agent import Profile
+from rma.worker.config import WorkerConfig
+from rma.worker.engines import data_services, runnable_engines
+from rma.worker.hardware import choose_role, describe, detect_hardware
+from rma.worker.probe import Probe
+
+
+def build_profile(config: WorkerConfig, probe: Probe) -> tuple[Profile, list[str]]:
+    hw = detect_hardware(probe, config.data_dir)
+    role = choose_role(config.worker_type, hw, public_url=config.public_url, persistent_data=config.persistent_data)
+    engines = runnable_engines(probe)
+    held = data_services(config.data_dir)
+    capabilities = Capabilities(
+        worker_type=role.kind.value, has_gpu=bool(hw.gpus),
+        gpus=[Gpu(name=g.name, memory_mb=g.memory_mb, free_mb=g.free_mb) for g in hw.gpus],
+        gpu_memory_mb=hw.gpu_memory_mb, cpu_cores=hw.cpu_cores, ram_mb=hw.ram_mb, disk_free_mb=hw.disk_free_mb,
+        has_storage=role.has_storage, has_edge=role.has_edge, has_public_ip=bool(hw.public_addresses),
+        engines=engines, data_services=held,
+    )
+    lines = describe(hw, role, engines)
+    if held:
+        lines.append(f"Detected data of: {', '.join(held)} (they come back to this worker)")
+    by_service = {name: d.engine for name, d in DRIVERS.items() if d.engine in engines}
+    return Profile(capabilities, by_service), lines

@@ -1,0 +1,61 @@
+"""Each service module: the command it builds, and its health check against a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from rma.catalog import get
+from rma.services import DRIVERS
+from rma.services.base import Context, http_ok, probe_host, tcp_open
+from rma.worker.process import free_port
+
+
+def test_every_driver_names_a_catalogue_engine() -> None:
+    for name, driver in DRIVERS.items():
+        assert get(name).engine(driver.engine).name == driver.engine
+
+
+def test_redis_is_append_only_under_its_data_dir(tmp_path: Path) -> None:
+    argv = DRIVERS["redis"].launch(Context("10.0.0.7", 6400, tmp_path)).argv
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    assert argv[argv.index("--dir") + 1] == str(tmp_path)
+    assert argv[argv.index("--bind") + 1: argv.index("--bind") + 3] == ("10.0.0.7", "127.0.0.1")
+
+
+def test_coordinator_replica_gets_port_data_interval_and_tokens(tmp_path: Path) -> None:
+    ctx = Context("127.0.0.1", 8181, tmp_path, heartbeat_interval=1.0,
+                  env={"RMA_JOIN_TOKEN": "j", "MODEL_NAME": "x"})
+    launch = DRIVERS["coordinator"].launch(ctx)
+    assert launch.argv[:4] == (sys.executable, "-m", "rma", "coordinator")
+    assert "8181" in launch.argv and str(tmp_path) in launch.argv and "1" in launch.argv
+    assert dict(launch.env) == {"RMA_JOIN_TOKEN": "j"}
+
+
+def test_redis_health_is_a_real_ping(tmp_path: Path) -> None:
+    port = free_port("127.0.0.1")
+    ctx = Context("127.0.0.1", port, tmp_path)
+    redis = DRIVERS["redis"]
+    assert not asyncio.run(redis.healthy(ctx))
+    proc = subprocess.Popen(list(redis.launch(ctx).argv), stdout=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        async def until_healthy() -> bool:
+            for _ in range(100):
+                if await redis.healthy(ctx):
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        assert asyncio.run(until_healthy())
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_probes_fail_cleanly_on_closed_ports() -> None:
+    port = free_port("127.0.0.1")
+    assert not asyncio.run(tcp_open("127.0.0.1", port))
+    assert not asyncio.run(http_ok("127.0.0.1", port, "/health"))
+    assert probe_host("0.0.0.0") == "127.0.0.1"

@@ -1,0 +1,125 @@
+"""Supervision of a real redis-server: healthy, restarted when killed, moved off a busy port, failed on a crash loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rma.services import DRIVERS
+from rma.services.base import Context, Launch
+from rma.services.redis import Redis
+from rma.worker.supervisor import Placement, State, Supervisor
+
+from .conftest import FAST
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def until(check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def supervised(sup: Supervisor, body: Callable[[], Awaitable[None]]) -> None:
+    task = asyncio.create_task(sup.run())
+    try:
+        await body()
+    finally:
+        sup.stop()
+        await asyncio.wait_for(task, 10)
+
+
+def test_redis_becomes_healthy_and_stops_cleanly(placement: Placement) -> None:
+    sup = Supervisor(DRIVERS["redis"], placement, FAST)
+    pids: list[int] = []
+
+    async def body() -> None:
+        await until(lambda: sup.status.state == State.HEALTHY)
+        assert sup.status.port == placement.port
+        assert sup.status.pid is not None
+        pids.append(sup.status.pid)
+
+    asyncio.run(supervised(sup, body))
+    assert sup.status.state == State.STOPPED
+    assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE
+    assert (placement.data_dir / "appendonlydir").is_dir(), "redis keeps an append-only file"
+    assert b"start: redis-server" in placement.log_path.read_bytes()
+
+
+def test_killed_service_is_restarted_and_counted(placement: Placement) -> None:
+    sup = Supervisor(DRIVERS["redis"], placement, FAST)
+
+    async def body() -> None:
+        await until(lambda: sup.status.state == State.HEALTHY)
+        first = sup.status.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: sup.status.restarts == 1 and sup.status.state == State.HEALTHY)
+        assert sup.status.pid != first
+        assert sup.status.port == placement.port, "a restart keeps the port"
+
+    asyncio.run(supervised(sup, body))
+
+
+def test_busy_port_is_replaced_by_a_free_one(placement: Placement) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", placement.port))
+        squatter.listen()
+        sup = Supervisor(DRIVERS["redis"], placement, FAST)
+
+        async def body() -> None:
+            await until(lambda: sup.status.state == State.HEALTHY)
+            assert sup.status.port not in (None, placement.port)
+
+        asyncio.run(supervised(sup, body))
+
+
+class Exits(Redis):
+    """redis-server refusing a bad option: a real engine in a real crash loop."""
+
+    def launch(self, ctx: Context) -> Launch:
+        return replace(super().launch(ctx), argv=("redis-server", "--no-such-option", "1"))
+
+
+def test_crash_loop_is_reported_failed(placement: Placement) -> None:
+    sup = Supervisor(Exits(), placement, FAST)
+
+    async def body() -> None:
+        await until(lambda: sup.status.state == State.FAILED)
+        assert sup.status.restarts == FAST.crash_loop
+        assert "crash loop" in sup.status.message
+
+    asyncio.run(supervised(sup, body))
+
+
+def test_stop_ends_the_whole_process_tree(tmp_path: Path) -> None:
+    class Forks(Redis):
+        def launch(self, ctx: Context) -> Launch:
+            script = f"redis-server --port {ctx.port} --bind 127.0.0.1 --save '' & sleep 300 & wait"
+            return Launch(("sh", "-c", script), cwd=ctx.data_dir)
+
+    port = Placement("127.0.0.1", 0, tmp_path / "d", tmp_path / "l.log")
+    from rma.worker.process import free_port
+
+    sup = Supervisor(Forks(), replace(port, port=free_port("127.0.0.1")), FAST)
+    tree: list[psutil.Process] = []
+
+    async def body() -> None:
+        await until(lambda: sup.status.state == State.HEALTHY)
+        assert sup.status.pid is not None
+        tree.extend(psutil.Process(sup.status.pid).children(recursive=True))
+        assert len(tree) == 2
+
+    asyncio.run(supervised(sup, body))
+    gone, alive = psutil.wait_procs(tree, timeout=3)
+    assert not alive

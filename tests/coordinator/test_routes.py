@@ -90,6 +90,9 @@ def test_discovery_lists_only_healthy_replicas_least_loaded_first(api: TestClien
     beat(api, "cpu-1", tokens[1], current_load=0.1, services_status={"document-processing": {"state": "healthy"}})
     found = api.get("/api/services/discover/document-processing").json()
     assert [w["worker_id"] for w in found["workers"]] == ["cpu-1", "cpu-0"]
+    table = api.get("/api/services/table").json()["services"]
+    assert len(table) == 14 and table["redis"] == []
+    assert [w["worker_id"] for w in table["document-processing"]] == ["cpu-1", "cpu-0"]
     beat(api, "cpu-1", tokens[1], services_status={"document-processing": {"state": "crashed"}})
     found = api.get("/api/services/discover/document-processing").json()
     assert [w["worker_id"] for w in found["workers"]] == ["cpu-0"]

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -305,20 +305,28 @@ class Registry:
 
     def replicas(self, service: str) -> list[dict[str, Any]]:
         """Healthy replicas of a service, least loaded first."""
-        found = []
+        return self.routing_table([service])[service]
+
+    def routing_table(self, services: Iterable[str] = BY_NAME) -> dict[str, list[dict[str, Any]]]:
+        """Each service's healthy replicas (the worker is up and reports the service serving)."""
+        table: dict[str, list[dict[str, Any]]] = {name: [] for name in services}
         for record in self.workers.values():
-            if not record.healthy or service not in record.assigned or service not in record.serving():
+            if not record.healthy:
                 continue
-            status = record.services_status.get(service)
-            port = status.port if status is not None and status.port else BY_NAME[service].port
-            found.append({
-                "worker_id": record.worker_id, "host": record.host, "port": port,
-                "url": f"http://{_bracket(record.host)}:{port}", "load": record.load,
-                "state": status.state if status is not None else "running",
-                "last_heartbeat": record.last_seen,
-            })
-        found.sort(key=lambda r: (r["load"], r["worker_id"]))
-        return found
+            for service in record.serving():
+                if service not in table:
+                    continue
+                status = record.services_status.get(service)
+                port = status.port if status is not None and status.port else BY_NAME[service].port
+                table[service].append({
+                    "worker_id": record.worker_id, "host": record.host, "port": port,
+                    "url": f"http://{_bracket(record.host)}:{port}", "load": record.load,
+                    "state": status.state if status is not None else "running",
+                    "last_heartbeat": record.last_seen,
+                })
+        for replicas in table.values():
+            replicas.sort(key=lambda r: (r["load"], r["worker_id"]))
+        return table
 
     def _stored(self, record: WorkerRecord) -> StoredWorker:
         return StoredWorker(

@@ -233,6 +233,13 @@ async def discover(service: str, request: Request) -> dict[str, Any]:
             "recommended": replicas[0]["worker_id"]}
 
 
+@router.get("/api/services/table")
+async def routing_table(request: Request) -> dict[str, Any]:
+    """Every service's healthy replicas in one answer, for routers that refresh every second or two."""
+    registry = _state(request).registry
+    return {"services": registry.routing_table()}
+
+
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     state = _state(request)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -86,3 +88,49 @@ def test_join_token_from_the_environment(tmp_path: Path, processes: list[RmaProc
     assert httpx.get(f"{url}/api/admin/workers").status_code == 401
     assert httpx.get(f"{url}/api/admin/workers", headers={"Authorization": "Bearer adm-7f3kq"}).status_code == 200
     assert "t0ken" not in coordinator.log() and "adm-7f3kq" not in coordinator.log()
+
+
+def open_watch(url: str, worker_id: str, token: str) -> socket.socket:
+    """A worker's watch stream on a raw socket, so the test can drop it as a killed process would."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(f"GET /api/worker/watch/{worker_id} HTTP/1.1\r\nHost: {host}\r\n"
+                 f"Authorization: Bearer {token}\r\n\r\n".encode())
+    assert b" 200 " in sock.recv(4096).split(b"\r\n", 1)[0]
+    return sock
+
+
+def test_a_dropped_watch_stream_heals_within_one_interval(tmp_path: Path, processes: list[RmaProcess]) -> None:
+    interval = 1.0
+    coordinator, url = start_coordinator(tmp_path, interval=interval)
+    processes.append(coordinator)
+    first = register(url, "s1", "storage", ["redis-server"])
+    second = register(url, "s2", "storage", ["redis-server"])
+    beat(url, "s1", first["worker_token"], ["redis"])
+    beat(url, "s2", second["worker_token"], [])
+    dying = open_watch(url, "s1", first["worker_token"])
+    pushed: list[dict[str, Any]] = []
+    with httpx.stream("GET", f"{url}/api/worker/watch/s2", timeout=10,
+                      headers={"Authorization": f"Bearer {second['worker_token']}"}) as stream:
+        lines = stream.iter_lines()
+        assert json.loads(next(lines))["assigned_services"] == []
+        dying.close()  # s1's process is gone; s2 never beats again during this test
+        dropped = time.monotonic()
+        for line in lines:
+            if line.strip():
+                pushed.append(json.loads(line))
+                break
+    took = time.monotonic() - dropped
+    assert pushed and pushed[0]["assigned_services"] == ["redis"]
+    # One interval of suspicion plus one timer tick (a quarter interval), never the 3-interval grace.
+    assert took < interval * 1.25 + 0.3, took
+    down = [e for e in httpx.get(f"{url}/api/admin/events").json()["events"] if e["kind"] == "down"]
+    assert "watch stream dropped" in down[0]["detail"]
+
+
+def test_watch_needs_the_workers_token(tmp_path: Path, processes: list[RmaProcess]) -> None:
+    coordinator, url = start_coordinator(tmp_path)
+    processes.append(coordinator)
+    register(url, "s1", "storage", ["redis-server"])
+    assert httpx.get(f"{url}/api/worker/watch/s1", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert httpx.get(f"{url}/api/worker/watch/ghost", headers={"Authorization": "Bearer x"}).status_code == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,57 @@ def test_counts_match_a_full_recount_after_many_changes(tmp_path: Path) -> None:
         registry.sweep()
         recount = Pool.of(registry.views())
         assert +registry.counts == +recount.counts
+
+
+def test_dropped_watch_means_down_after_one_interval_and_survivors_hear_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    pushed: list[tuple[str, tuple[str, ...]]] = []
+    registry.listeners.append(lambda record: pushed.append((record.worker_id, record.assigned)))
+    join(registry, "s1", "storage", ["redis-server"])
+    join(registry, "s2", "storage", ["redis-server"])
+    serve_all(registry, "s1")
+    serve_all(registry, "s2")
+    registry.watch_opened("s1")
+    pushed.clear()
+
+    registry.watch_lost("s1")  # its process died: the kernel closed the stream
+    clock.now += 0.9
+    assert registry.sweep() == []
+    clock.now += 0.2
+    assert registry.sweep() == ["s1"]  # one interval after the drop, not the 3-interval grace
+    # s2 was replanned by the sweep itself and its new assignment pushed, before its next beat.
+    assert ("s2", ("redis",)) in pushed
+    assert registry.get("s2").assigned == ("redis",)
+
+
+def test_a_heartbeat_or_reconnect_clears_suspicion(tmp_path: Path) -> None:
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    join(registry, "c1", "cpu", ["spacy"])
+    registry.watch_lost("c1")
+    clock.now += 0.5
+    serve_all(registry, "c1")  # a network blip: the worker is alive and still beating
+    clock.now += 1.0
+    assert registry.sweep() == []
+    registry.watch_lost("c1")
+    registry.watch_opened("c1")
+    clock.now += 1.5
+    serve_all(registry, "c1")
+    assert registry.sweep() == []
+
+
+def test_healing_is_bounded_when_nobody_can_take_the_orphans(tmp_path: Path) -> None:
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    join(registry, "s1", "storage", ["redis-server"])
+    for i in range(200):
+        join(registry, f"c{i}", "cpu", ["spacy"])
+    serve_all(registry, "s1")
+    clock.now += 3.5
+    for i in range(200):
+        serve_all(registry, f"c{i}")
+    started = time.perf_counter()
+    assert registry.sweep() == ["s1"]
+    assert time.perf_counter() - started < 1.0  # no CPU worker can run redis: cheap filter, no replans
+    assert registry.pool().assigned("redis") == 0

@@ -19,11 +19,13 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rma.coordinator.answers import Answers
 from rma.coordinator.metrics import Metrics
 from rma.coordinator.registry import Registry
 from rma.coordinator.routes import WORKER_ROUTES, router
 from rma.coordinator.state import CoordinatorSettings, CoordinatorState
 from rma.coordinator.store import Store
+from rma.coordinator.watch import Watchers
 from rma.protocol import ApiError
 
 log = logging.getLogger("rma.coordinator")
@@ -102,7 +104,8 @@ def create_app(settings: CoordinatorSettings) -> Starlette:
     """The coordinator app: the worker protocol on plain Starlette, everything else on FastAPI."""
     store = Store(settings.data_dir / "registry.sqlite3")
     registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown)
-    state = CoordinatorState(settings, registry, Metrics(registry))
+    answers = Answers(registry, settings.heartbeat_interval)
+    state = CoordinatorState(settings, registry, Metrics(registry), answers, Watchers(registry, answers.encoded))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

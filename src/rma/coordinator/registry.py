@@ -1,27 +1,25 @@
 """The one owner of the pool's mutable state: workers, their assignments and the replica counts.
 
-Every change to a worker goes through `_change`, which takes the worker's old contribution
-out of the pool counts and puts the new one in, so placement decisions never rescan the pool.
+Every change to a worker ends with `_recount`, which takes the worker's old contribution out
+of the pool counts and puts the new one in, so placement decisions never rescan the pool.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from rma.catalog import BY_NAME, Kind
+from rma.coordinator.record import WorkerRecord, bracket, hash_token, seed_state, url_host, worker_kind
 from rma.coordinator.store import Store, StoredWorker
-from rma.placement import SERVING_STATES, Pool, WorkerState, contribution, desire
+from rma.placement import Pool, WorkerState, contribution, desire, engine_for
 from rma.protocol import (
-    SERVICE_STATES,
     Capabilities,
     Conflict,
     HeartbeatRequest,
@@ -33,81 +31,9 @@ from rma.protocol import (
 log = logging.getLogger("rma.coordinator")
 
 EVENT_RING_SIZE = 500
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def worker_kind(capabilities: Capabilities) -> Kind:
-    """The declared kind, as the seed's coordinator read it: GPU → Edge → Storage → CPU."""
-    declared = capabilities.worker_type
-    if declared in ("gpu", "cpu", "storage", "edge"):
-        return Kind(declared)
-    if capabilities.has_gpu or capabilities.gpus:
-        return Kind.GPU
-    if capabilities.has_edge or capabilities.has_public_ip:
-        return Kind.EDGE
-    if capabilities.has_storage:
-        return Kind.STORAGE
-    return Kind.CPU
-
-
-@dataclass
-class WorkerRecord:
-    worker_id: str
-    token_hash: str
-    kind: Kind
-    host: str
-    tunnel_url: str | None
-    capabilities: Capabilities
-    registered_at: float
-    last_seen: float
-    healthy: bool = True
-    assigned: tuple[str, ...] = ()
-    holds_data: frozenset[str] = frozenset()
-    # What the worker last reported per service; the seed's agent may report nothing.
-    services_status: dict[str, ServiceStatus] = field(default_factory=dict)
-    failed_at: dict[str, float] = field(default_factory=dict)
-    load: float = 0.0
-    metrics: dict[str, float] = field(default_factory=dict)
-    status: str = "healthy"
-    # What this worker adds to the pool counts now, and the state it was computed from.
-    counted: Counter[tuple[str, ...]] = field(default_factory=Counter)
-    counted_key: tuple[object, ...] = ()
-    # The pool generation this worker's assignment was last planned against.
-    planned_generation: int = -1
-
-    def count_key(self) -> tuple[object, ...]:
-        return (self.healthy, self.assigned, self.serving())
-
-    def serving(self) -> frozenset[str]:
-        if self.capabilities.engines is None:
-            # The seed's agent reports no per-service health: trust what it was given.
-            unreported = {s for s in self.assigned if s not in self.services_status}
-        else:
-            unreported = set()
-        reported = {s for s, st in self.services_status.items() if st.state in SERVING_STATES}
-        return frozenset((reported | unreported) & set(self.assigned))
-
-    def view(self, now: float, failure_cooldown: float) -> WorkerState:
-        caps = self.capabilities
-        gpu_memory = caps.gpu_memory_mb
-        if gpu_memory is None and caps.gpus:
-            gpu_memory = sum(g.free_mb if g.free_mb is not None else g.memory_mb for g in caps.gpus)
-        return WorkerState(
-            worker_id=self.worker_id,
-            kind=self.kind,
-            healthy=self.healthy,
-            has_gpu=caps.has_gpu or bool(caps.gpus),
-            gpu_memory_mb=gpu_memory,
-            ram_mb=caps.ram_mb,
-            engines=None if caps.engines is None else frozenset(caps.engines),
-            assigned=self.assigned,
-            serving=self.serving(),
-            failed=frozenset(s for s, t in self.failed_at.items() if now - t < failure_cooldown),
-            holds_data=self.holds_data,
-        )
+# A down worker's services are offered to at most this many survivors straight away; the rest
+# of the pool picks up anything left at its next heartbeat.
+HEAL_CANDIDATES = 64
 
 
 @dataclass(frozen=True)
@@ -132,6 +58,8 @@ class Registry:
         self.generation = 0
         self.events: deque[Event] = deque(maxlen=EVENT_RING_SIZE)
         self.registrations = 0
+        # Told of every assignment the coordinator changes, to push it down watch streams.
+        self.listeners: list[Callable[[WorkerRecord], None]] = []
         self._unflushed: set[str] = set()
         self._load()
 
@@ -186,7 +114,11 @@ class Registry:
             self._event("assigned", record.worker_id, ", ".join(plan.added))
         for service, why in plan.shed:
             self._event("unassigned", record.worker_id, f"{service}: {why}")
-        return bool(plan.added or plan.shed)
+        changed = bool(plan.added or plan.shed)
+        if changed:
+            for listener in self.listeners:
+                listener(record)
+        return changed
 
     def register(self, request: RegisterRequest, client_host: str, presented_token: str | None) -> tuple[
             WorkerRecord, str]:
@@ -201,7 +133,7 @@ class Registry:
                            "worker's token in X-Worker-Token")
         token = secrets.token_urlsafe(32)
         caps = request.capabilities
-        host = request.advertise_host or request.vpn_ip or _url_host(request.tunnel_url) or client_host
+        host = request.advertise_host or request.vpn_ip or url_host(request.tunnel_url) or client_host
         record = WorkerRecord(
             worker_id, hash_token(token), worker_kind(caps), host, request.tunnel_url, caps,
             registered_at=existing.registered_at if existing else now, last_seen=now,
@@ -224,7 +156,7 @@ class Registry:
         record = self.get(request.worker_id)
         now = self.clock()
         statuses = {
-            name: st if isinstance(st, ServiceStatus) else ServiceStatus(state=_seed_state(st), message="")
+            name: st if isinstance(st, ServiceStatus) else ServiceStatus(state=seed_state(st), message="")
             for name, st in request.services_status.items()
             if name in BY_NAME
         }
@@ -232,6 +164,7 @@ class Registry:
             self._event("returned", record.worker_id)
         record.healthy = True
         record.last_seen = now
+        record.suspect_since = None
         record.status = request.status
         record.load = request.current_load
         record.metrics = {
@@ -264,17 +197,55 @@ class Registry:
         self.store.delete(worker_id)
         self._event("left", worker_id)
 
+    def watch_opened(self, worker_id: str) -> None:
+        self.get(worker_id).suspect_since = None
+
+    def watch_lost(self, worker_id: str) -> None:
+        """The worker's watch stream closed: down after one more silent interval, not the full grace."""
+        record = self.workers.get(worker_id)
+        if record is not None and record.healthy:
+            record.suspect_since = self.clock()
+
     def sweep(self) -> list[str]:
-        """Mark workers silent past the grace as down; their services become gaps for survivors."""
+        """Mark silent workers down, then hand their services to survivors at once."""
         now = self.clock()
         downed = []
         for record in self.workers.values():
-            if record.healthy and now - record.last_seen > self.grace:
+            if not record.healthy:
+                continue
+            silent = now - record.last_seen > self.grace
+            dropped = record.suspect_since is not None and now - record.suspect_since > self.heartbeat_interval
+            if silent or dropped:
                 record.healthy = False
                 self._recount(record)
-                downed.append(record.worker_id)
-                self._event("down", record.worker_id, f"silent for {now - record.last_seen:.1f}s")
-        return downed
+                downed.append(record)
+                why = "its watch stream dropped" if dropped and not silent else "it went silent"
+                self._event("down", record.worker_id, f"{why}; last beat {now - record.last_seen:.1f}s ago")
+        for record in downed:
+            self._heal(record)
+        return [r.worker_id for r in downed]
+
+    def _heal(self, down: WorkerRecord) -> None:
+        """Replan survivors that could run the down worker's services now, not at their next beat.
+
+        Bounded: it stops once every orphaned service is assigned again, and considers at most
+        HEAL_CANDIDATES workers, so a pool of 10,000 never stalls the coordinator.
+        """
+        orphaned = {s for s in down.assigned if self.counts[("assigned", s)] == 0}
+        considered = 0
+        now = self.clock()
+        for record in self.workers.values():
+            if not orphaned or considered >= HEAL_CANDIDATES:
+                return
+            if not record.healthy:
+                continue
+            view = record.view(now, self.failure_cooldown)
+            if not any(engine_for(BY_NAME[s], view).ok for s in orphaned):
+                continue
+            considered += 1
+            if self._replan(record):
+                self.store.save_assignment(record.worker_id, record.assigned, record.holds_data)
+            orphaned = {s for s in orphaned if self.counts[("assigned", s)] == 0}
 
     def flush(self) -> int:
         """Persist the heartbeat times gathered since the last flush, in one transaction."""
@@ -320,7 +291,7 @@ class Registry:
                 port = status.port if status is not None and status.port else BY_NAME[service].port
                 table[service].append({
                     "worker_id": record.worker_id, "host": record.host, "port": port,
-                    "url": f"http://{_bracket(record.host)}:{port}", "load": record.load,
+                    "url": f"http://{bracket(record.host)}:{port}", "load": record.load,
                     "state": status.state if status is not None else "running",
                     "last_heartbeat": record.last_seen,
                 })
@@ -334,18 +305,3 @@ class Registry:
             record.capabilities.model_dump_json(), record.assigned, record.holds_data,
             record.registered_at, record.last_seen,
         )
-
-
-def _url_host(url: str | None) -> str | None:
-    if not url:
-        return None
-    return urlsplit(url).hostname
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _seed_state(state: str) -> str:
-    """The seed's agent reports free-form strings; anything but a known state reads as running."""
-    return state if state in SERVICE_STATES else "running"

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.routing import Route
 
 from rma.catalog import BY_NAME, SERVICES
 from rma.coordinator.auth import bearer, require_secret, same_secret
-from rma.coordinator.registry import WorkerRecord
+from rma.coordinator.record import WorkerRecord
 from rma.coordinator.state import CoordinatorState
-from rma.placement import engine_for, gap_report
+from rma.placement import gap_report
 from rma.protocol import (
     ApiError,
     HeartbeatRequest,
@@ -60,34 +59,6 @@ async def _parse(request: Request, model: type[Model]) -> Model:
         raise InvalidBody(error) from None
 
 
-def _assignment(state: CoordinatorState, record: WorkerRecord) -> dict[str, Any]:
-    view = record.view(state.registry.clock(), state.registry.failure_cooldown)
-    configs = []
-    for name in record.assigned:
-        service = BY_NAME[name]
-        engine = engine_for(service, view).engine
-        configs.append({
-            "name": name, "port": service.port, "priority": service.priority, "tier": service.tier,
-            "kind": service.kind.value, "engine": engine.name if engine else None,
-        })
-    return {
-        "worker_id": record.worker_id,
-        "assigned_services": list(record.assigned),
-        "service_configs": configs,
-        "heartbeat_interval": state.settings.heartbeat_interval,
-    }
-
-
-def _heartbeat_answer(state: CoordinatorState, record: WorkerRecord) -> bytes:
-    """The encoded answer, rebuilt only when the assignment (or the worker's registration) changes."""
-    key = (record.token_hash, record.assigned)
-    cached = state.answers.get(record.worker_id)
-    if cached is None or cached[0] != key:
-        body = json.dumps(_assignment(state, record) | {"status": "ok"}).encode()
-        cached = state.answers[record.worker_id] = (key, body)
-    return cached[1]
-
-
 def _worker_token_check(state: CoordinatorState, request: Request, worker_id: str) -> None:
     token = bearer(request)
     if token is None:
@@ -113,7 +84,7 @@ async def register(request: Request) -> JSONResponse:
     client = request.client.host if request.client else "127.0.0.1"
     record, token = state.registry.register(body, client, request.headers.get("x-worker-token"))
     state.metrics.registrations.inc()
-    answer = _assignment(state, record) | {
+    answer = state.answers.assignment(record) | {
         "status": "registered", "worker_type": record.kind.value,
         "tier": min((BY_NAME[s].tier for s in record.assigned), default=_KIND_TIER[record.kind.value]),
         "worker_token": token,
@@ -133,7 +104,7 @@ async def heartbeat(request: Request) -> Response:
     state.registry.get(body.worker_id)
     _worker_token_check(state, request, body.worker_id)
     record = state.registry.heartbeat(body)
-    answer = _heartbeat_answer(state, record)
+    answer = state.answers.encoded(record)
     state.metrics.heartbeat_seconds.observe(time.perf_counter() - started)
     return Response(answer, media_type="application/json")
 
@@ -149,7 +120,7 @@ async def unregister(request: Request) -> JSONResponse:
     if not (admin and same_secret(token, admin)):
         _worker_token_check(state, request, worker_id)
     state.registry.unregister(worker_id)
-    state.answers.pop(worker_id, None)
+    state.answers.forget(worker_id)
     return JSONResponse({"status": "ok", "message": f"worker {worker_id} unregistered"})
 
 
@@ -246,8 +217,19 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(state.metrics.prometheus), media_type=CONTENT_TYPE_LATEST)
 
 
+async def watch(request: Request) -> StreamingResponse:
+    """GET /api/worker/watch/{worker_id}: a JSON line per new assignment, pushed as it is made."""
+    worker_id = request.path_params["worker_id"]
+    state = _state(request)
+    record = state.registry.get(worker_id)
+    _worker_token_check(state, request, worker_id)
+    lines = state.watchers.stream(record, state.settings.heartbeat_interval)
+    return StreamingResponse(lines, media_type="application/x-ndjson")
+
+
 WORKER_ROUTES = [
     Route("/api/worker/register", register, methods=["POST"]),
     Route("/api/worker/heartbeat", heartbeat, methods=["POST"]),
     Route("/api/worker/unregister/{worker_id}", unregister, methods=["DELETE"]),
+    Route("/api/worker/watch/{worker_id}", watch, methods=["GET"]),
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from rma.coordinator.answers import Answers
 from rma.coordinator.metrics import Metrics
 from rma.coordinator.registry import Registry
+from rma.coordinator.watch import Watchers
 
 
 @dataclass(frozen=True)
@@ -31,5 +33,5 @@ class CoordinatorState:
     settings: CoordinatorSettings
     registry: Registry
     metrics: Metrics
-    # Encoded heartbeat answers by worker id, with the (token hash, assignment) they were built for.
-    answers: dict[str, tuple[tuple[str, tuple[str, ...]], bytes]] = field(default_factory=dict)
+    answers: Answers
+    watchers: Watchers

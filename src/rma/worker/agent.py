@@ -19,7 +19,14 @@ import psutil
 from rma.catalog import BY_NAME
 from rma.protocol import Assignment, Capabilities, HeartbeatRequest, RegisterRequest, ServiceConfig, ServiceStatus
 from rma.services import DRIVERS, ServiceDriver
-from rma.worker.client import CoordinatorClient, IdTaken, Unauthorized, UnknownWorker, Unreachable
+from rma.worker.client import (
+    CoordinatorClient,
+    CoordinatorError,
+    IdTaken,
+    Unauthorized,
+    UnknownWorker,
+    Unreachable,
+)
 from rma.worker.config import Identity, WorkerConfig, load_identity, save_identity
 from rma.worker.engines import service_dir
 from rma.worker.probe import Probe
@@ -31,6 +38,9 @@ log = logging.getLogger(__name__)
 JITTER = 0.1  # ±10% on every sleep, so a pool restarted together does not beat in step
 REGISTER_BACKOFF_MAX_S = 30.0
 UNREGISTER_TIMEOUT_S = 3.0
+WATCH_RETRY_S = 0.5
+# The coordinator writes a keep-alive line every interval; this many silent intervals end the stream.
+WATCH_IDLE_INTERVALS = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class Agent:
         self.interval = 5.0
         self.registered = False
         self._assigned: tuple[str, ...] | None = None
+        # Set when a service changes state: the next heartbeat goes now, not an interval later.
+        self._report_now = asyncio.Event()
 
     @property
     def worker_id(self) -> str:
@@ -77,6 +89,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then end every service and unregister."""
         async with asyncio.TaskGroup() as group:
+            watching = group.create_task(self._watch(stop, group), name="watch")
             failures = 0
             while not stop.is_set():
                 try:
@@ -100,17 +113,46 @@ class Agent:
                 else:
                     failures = 0
                     self._apply(answer, group)
-                wait = self.interval if self.registered else min(REGISTER_BACKOFF_MAX_S, 2.0 ** min(failures, 5) / 2)
-                await self._sleep(stop, wait * self.rng.uniform(1 - JITTER, 1 + JITTER))
+                if self.registered:
+                    await self._until_next_beat(stop, self.interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+                else:
+                    backoff = min(REGISTER_BACKOFF_MAX_S, 2.0 ** min(failures, 5) / 2)
+                    await self._sleep(stop, backoff * self.rng.uniform(1 - JITTER, 1 + JITTER))
+            watching.cancel()
             for sup in self.supervisors.values():
                 sup.stop()
         await self._unregister()
+
+    async def _watch(self, stop: asyncio.Event, group: asyncio.TaskGroup) -> None:
+        """Apply what the coordinator pushes between heartbeats; reconnect whenever the stream drops.
+
+        The open stream is also how the coordinator learns at once that this process died.
+        """
+        while not stop.is_set():
+            token = self.identity.worker_token
+            if self.registered and token:
+                try:
+                    async for answer in self.client.watch(self.worker_id, token, WATCH_IDLE_INTERVALS * self.interval):
+                        self._apply(answer, group)
+                except CoordinatorError as exc:
+                    log.debug("watch stream ended: %s", exc)
+            await self._sleep(stop, WATCH_RETRY_S * self.rng.uniform(1 - JITTER, 1 + JITTER))
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         try:
             await asyncio.wait_for(stop.wait(), seconds)
         except TimeoutError:
             return
+
+    async def _until_next_beat(self, stop: asyncio.Event, seconds: float) -> None:
+        """Sleep until the next heartbeat is due, or a service changed state, or we are stopping."""
+        waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._report_now.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self._report_now.clear()
 
     def _register_request(self) -> RegisterRequest:
         public = self.config.public_url
@@ -164,7 +206,7 @@ class Agent:
         placement = Placement(self.config.bind_host, port, service_dir(data_dir, name),
                               data_dir / "logs" / f"{name}.log", self.config.coordinator_urls, self.interval,
                               self.config.service_env)
-        sup = Supervisor(self.drivers[name], placement, self.policy)
+        sup = Supervisor(self.drivers[name], placement, self.policy, on_change=self._report_now.set)
         self.supervisors[name] = sup
         log.info("%s: assigned, starting on port %d (log %s)", name, port, placement.log_path)
         group.create_task(self._supervise(sup), name=f"supervise-{name}")

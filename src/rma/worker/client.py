@@ -8,6 +8,7 @@ answered is tried first next time.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import httpx
@@ -73,6 +74,28 @@ class CoordinatorClient:
     async def heartbeat(self, request: HeartbeatRequest, worker_token: str) -> HeartbeatResponse:
         headers = {"Authorization": f"Bearer {worker_token}"}
         return await self._call("POST", "/api/worker/heartbeat", HeartbeatResponse, request, headers)
+
+    async def watch(self, worker_id: str, worker_token: str, idle_timeout_s: float) -> AsyncIterator[HeartbeatResponse]:
+        """Assignments the coordinator pushes as it makes them; ends when the stream drops.
+
+        The coordinator sends an empty line every interval, so `idle_timeout_s` of silence
+        means it (or the path to it) is gone.
+        """
+        url = f"{self.url}/api/worker/watch/{worker_id}"
+        timeout = httpx.Timeout(self._http.timeout.connect, read=idle_timeout_s)
+        try:
+            async with self._http.stream("GET", url, headers={"Authorization": f"Bearer {worker_token}"},
+                                         timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise REJECTIONS.get(response.status_code, Rejected)(response.status_code, response.text[:300])
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield HeartbeatResponse.model_validate_json(line)
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"{url}: {type(exc).__name__} {exc}".strip()) from exc
+        except ValidationError as exc:
+            raise CoordinatorError(f"{url} sent an unexpected line: {exc}") from exc
 
     async def unregister(self, worker_id: str, worker_token: str) -> None:
         await self._send("DELETE", f"/api/worker/unregister/{worker_id}", None,

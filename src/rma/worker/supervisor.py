@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -71,10 +72,13 @@ class Placement:
 
 
 class Supervisor:
-    def __init__(self, driver: ServiceDriver, placement: Placement, policy: Policy | None = None) -> None:
+    def __init__(self, driver: ServiceDriver, placement: Placement, policy: Policy | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.driver = driver
         self.placement = placement
         self.policy = policy or Policy()
+        # Called when the state changes, so the agent can report it without waiting a beat.
+        self.on_change = on_change
         self._status = Status(State.STARTING)
         self._stop = asyncio.Event()
         self._port: int | None = None
@@ -96,9 +100,12 @@ class Supervisor:
         self._stop.set()
 
     def _set(self, state: State, message: str = "", **changes: object) -> None:
-        if state != self._status.state:
+        changed = state != self._status.state
+        if changed:
             log.info("%s: %s%s", self.name, state, f" ({message})" if message else "")
         self._status = replace(self._status, state=state, message=message, **changes)  # type: ignore[arg-type]
+        if changed and self.on_change is not None:
+            self.on_change()
 
     async def run(self) -> None:
         crashes = 0  # in a row, without reaching healthy

@@ -1,0 +1,48 @@
+"""What the coordinator tells a worker to run, encoded once per change rather than once per beat."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rma.catalog import BY_NAME
+from rma.coordinator.record import WorkerRecord
+from rma.coordinator.registry import Registry
+from rma.placement import engine_for
+
+
+class Answers:
+    def __init__(self, registry: Registry, heartbeat_interval: float) -> None:
+        self.registry = registry
+        self.heartbeat_interval = heartbeat_interval
+        # worker id → ((token hash, assignment) it was built for, encoded answer)
+        self._encoded: dict[str, tuple[tuple[str, tuple[str, ...]], bytes]] = {}
+
+    def assignment(self, record: WorkerRecord) -> dict[str, Any]:
+        view = record.view(self.registry.clock(), self.registry.failure_cooldown)
+        configs = []
+        for name in record.assigned:
+            service = BY_NAME[name]
+            engine = engine_for(service, view).engine
+            configs.append({
+                "name": name, "port": service.port, "priority": service.priority, "tier": service.tier,
+                "kind": service.kind.value, "engine": engine.name if engine else None,
+            })
+        return {
+            "worker_id": record.worker_id,
+            "assigned_services": list(record.assigned),
+            "service_configs": configs,
+            "heartbeat_interval": self.heartbeat_interval,
+        }
+
+    def encoded(self, record: WorkerRecord) -> bytes:
+        """The heartbeat answer as JSON bytes, rebuilt only when the assignment or registration changed."""
+        key = (record.token_hash, record.assigned)
+        cached = self._encoded.get(record.worker_id)
+        if cached is None or cached[0] != key:
+            body = json.dumps(self.assignment(record) | {"status": "ok"}).encode()
+            cached = self._encoded[record.worker_id] = (key, body)
+        return cached[1]
+
+    def forget(self, worker_id: str) -> None:
+        self._encoded.pop(worker_id, None)

@@ -15,7 +15,11 @@ from rma.protocol import Forbidden, Unauthorized
 
 
 def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+    return bearer_value(request.headers.get("authorization", ""))
+
+
+def bearer_value(header: str) -> str | None:
+    """The token of an 'Authorization: Bearer <token>' header value; None for anything else."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return None

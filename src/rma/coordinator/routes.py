@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from rma.catalog import BY_NAME, SERVICES
-from rma.coordinator.auth import bearer, require_secret, same_secret
+from rma.coordinator.auth import bearer, bearer_value, require_secret, same_secret
 from rma.coordinator.record import WorkerRecord
 from rma.coordinator.state import CoordinatorState
 from rma.placement import gap_report
@@ -60,7 +61,10 @@ async def _parse(request: Request, model: type[Model]) -> Model:
 
 
 def _worker_token_check(state: CoordinatorState, request: Request, worker_id: str) -> None:
-    token = bearer(request)
+    _check_worker_token(state, bearer(request), worker_id)
+
+
+def _check_worker_token(state: CoordinatorState, token: str | None, worker_id: str) -> None:
     if token is None:
         raise Unauthorized("this route needs the worker's token as 'Authorization: Bearer <token>'")
     if not state.registry.token_matches(worker_id, token):
@@ -96,18 +100,35 @@ async def register(request: Request) -> JSONResponse:
 _KIND_TIER = {"gpu": 1, "cpu": 2, "storage": 3, "edge": 4}
 
 
-async def heartbeat(request: Request) -> Response:
-    """POST /api/worker/heartbeat: the hottest path, answered from a cache."""
-    started = time.perf_counter()
-    state = _state(request)
-    body = await _parse(request, HeartbeatRequest)
-    state.registry.get(body.worker_id)
-    _worker_token_check(state, request, body.worker_id)
-    record = state.registry.heartbeat(body)
-    answer = state.answers.encoded(record)
-    state.metrics.heartbeat_seconds.observe(time.perf_counter() - started)
-    return Response(answer, media_type="application/json")
+class Heartbeat:
+    """POST /api/worker/heartbeat, the pool's steady load, as a bare ASGI app.
 
+    It skips Starlette's Request and Response objects (about 40 µs of a ~200 µs beat): the
+    body is read from `receive`, the token from the raw headers, and the answer is the
+    encoded assignment cached in `Answers`. Errors still raise ApiError for the app's handler.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        state: CoordinatorState = scope["app"].state.coordinator
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        try:
+            body = HeartbeatRequest.model_validate_json(b"".join(chunks) or b"{}")
+        except ValidationError as error:
+            raise InvalidBody(error) from None
+        state.registry.get(body.worker_id)
+        token = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+        _check_worker_token(state, bearer_value(token), body.worker_id)
+        answer = state.answers.encoded(state.registry.heartbeat(body))
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+        state.metrics.heartbeat_seconds.observe(time.perf_counter() - started)
 
 
 async def unregister(request: Request) -> JSONResponse:
@@ -229,7 +250,7 @@ async def watch(request: Request) -> StreamingResponse:
 
 WORKER_ROUTES = [
     Route("/api/worker/register", register, methods=["POST"]),
-    Route("/api/worker/heartbeat", heartbeat, methods=["POST"]),
+    Route("/api/worker/heartbeat", Heartbeat(), methods=["POST"]),
     Route("/api/worker/unregister/{worker_id}", unregister, methods=["DELETE"]),
     Route("/api/worker/watch/{worker_id}", watch, methods=["GET"]),
 ]

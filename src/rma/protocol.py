@@ -73,6 +73,10 @@ class ServiceConfig(BaseModel):
     tier: int
     kind: str
     engine: str | None
+    # A store's credential, sent only to the worker that runs the store.
+    secret: str | None = Field(None, repr=False)
+    # Where the pool's stores are (CHROMADB_HOST, REDIS_HOST, NEO4J_URI, ...), for the service's environment.
+    env: dict[str, str] = Field(default_factory=dict)
 
 
 class Assignment(BaseModel):

@@ -266,3 +266,32 @@ def test_admin_views(api: TestClient) -> None:
     assert services["ner-extraction"]["workers"] == ["cpu-1"]
     events = api.get("/api/admin/events").json()["events"]
     assert {e["kind"] for e in events} >= {"joined", "assigned"}
+
+
+def test_store_secrets_go_to_the_store_worker_and_admins_only(tmp_path: Path) -> None:
+    with make_client(tmp_path, admin_token="adm") as api:
+        storage = register(api, worker_id="s1", advertise_host="127.0.0.5",
+                           capabilities={"worker_type": "storage", "engines": ["redis-server"]})
+        cpu = register(api, worker_id="c1", capabilities={"worker_type": "cpu", "engines": ["spacy"]})
+        redis_config = {c["name"]: c for c in storage["service_configs"]}["redis"]
+        secret = redis_config["secret"]
+        assert secret and len(secret) >= 24
+        assert all(c["secret"] is None for c in cpu["service_configs"])
+        beat(api, "s1", storage["worker_token"], services_status={"redis": {"state": "healthy", "port": 16379}})
+        # Every service config now says where redis is (the seed's REDIS_HOST).
+        answer = beat(api, "c1", cpu["worker_token"]).json()
+        assert answer["service_configs"][0]["env"] == {"REDIS_HOST": "127.0.0.5", "REDIS_PORT": "16379"}
+        assert secret not in json.dumps(answer)
+
+        public = api.get("/api/services/discover/redis").json()["workers"][0]
+        assert "secret" not in public and "connection_url" not in public
+        admin = api.get("/api/services/discover/redis", headers={"Authorization": "Bearer adm"}).json()
+        assert admin["workers"][0]["connection_url"] == f"redis://:{secret}@127.0.0.5:16379/0"
+        for path in ("/api/admin/workers", "/api/admin/gaps", "/api/admin/events", "/metrics"):
+            assert secret not in api.get(path, headers={"Authorization": "Bearer adm"}).text, path
+
+    with make_client(tmp_path, admin_token="adm") as restarted:
+        again = restarted.post("/api/worker/register", headers={"X-Worker-Token": storage["worker_token"]}, json={
+            "worker_id": "s1", "capabilities": {"worker_type": "storage", "engines": ["redis-server"]}})
+        # The same secret after a restart: the store's data was protected with it.
+        assert {c["name"]: c for c in again.json()["service_configs"]}["redis"]["secret"] == secret

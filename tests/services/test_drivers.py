@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rma.catalog import get
 from rma.services import DRIVERS
-from rma.services.base import Context, http_ok, probe_host, tcp_open
+from rma.services.base import Context, ServiceDriver, http_ok, probe_host, tcp_lines, tcp_open
 from rma.worker.process import free_port
 
 
@@ -34,21 +36,42 @@ def test_coordinator_replica_gets_port_data_interval_and_tokens(tmp_path: Path) 
     assert dict(launch.env) == {"RMA_JOIN_TOKEN": "j"}
 
 
-def test_redis_health_is_a_real_ping(tmp_path: Path) -> None:
+async def until_healthy(driver: ServiceDriver, ctx: Context) -> bool:
+    for _ in range(100):
+        if await driver.healthy(ctx):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("secret", [None, "s3cret-from-the-coordinator"])
+def test_redis_health_is_a_real_ping(tmp_path: Path, secret: str | None) -> None:
     port = free_port("127.0.0.1")
-    ctx = Context("127.0.0.1", port, tmp_path)
+    ctx = Context("127.0.0.1", port, tmp_path, secret=secret)
     redis = DRIVERS["redis"]
     assert not asyncio.run(redis.healthy(ctx))
+    redis.prepare(ctx)
     proc = subprocess.Popen(list(redis.launch(ctx).argv), stdout=subprocess.DEVNULL, cwd=tmp_path)
     try:
-        async def until_healthy() -> bool:
-            for _ in range(100):
-                if await redis.healthy(ctx):
-                    return True
-                await asyncio.sleep(0.05)
-            return False
+        assert asyncio.run(until_healthy(redis, ctx))
+    finally:
+        proc.terminate()
+        proc.wait()
 
-        assert asyncio.run(until_healthy())
+
+def test_redis_requires_the_coordinators_password(tmp_path: Path) -> None:
+    port = free_port("127.0.0.1")
+    ctx = Context("127.0.0.1", port, tmp_path, secret="right-password")
+    redis = DRIVERS["redis"]
+    redis.prepare(ctx)
+    assert oct((tmp_path / "redis-secret.conf").stat().st_mode & 0o777) == "0o600"
+    argv = redis.launch(ctx).argv
+    assert "right-password" not in " ".join(argv)  # never in the process list
+    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        assert asyncio.run(until_healthy(redis, ctx))
+        assert not asyncio.run(redis.healthy(Context("127.0.0.1", port, tmp_path, secret="wrong")))
+        assert asyncio.run(tcp_lines("127.0.0.1", port, b"PING\r\n", 1))[0].startswith(b"-NOAUTH")
     finally:
         proc.terminate()
         proc.wait()

@@ -15,11 +15,12 @@ class Answers:
     def __init__(self, registry: Registry, heartbeat_interval: float) -> None:
         self.registry = registry
         self.heartbeat_interval = heartbeat_interval
-        # worker id → ((token hash, assignment) it was built for, encoded answer)
-        self._encoded: dict[str, tuple[tuple[str, tuple[str, ...]], bytes]] = {}
+        # worker id → ((token hash, assignment, store addresses) it was built for, encoded answer)
+        self._encoded: dict[str, tuple[tuple[object, ...], bytes]] = {}
 
     def assignment(self, record: WorkerRecord) -> dict[str, Any]:
         view = record.view(self.registry.clock(), self.registry.failure_cooldown)
+        env = self.registry.store_env()
         configs = []
         for name in record.assigned:
             service = BY_NAME[name]
@@ -27,6 +28,7 @@ class Answers:
             configs.append({
                 "name": name, "port": service.port, "priority": service.priority, "tier": service.tier,
                 "kind": service.kind.value, "engine": engine.name if engine else None,
+                "secret": self.registry.secrets.secret_for(name), "env": env,
             })
         return {
             "worker_id": record.worker_id,
@@ -36,8 +38,8 @@ class Answers:
         }
 
     def encoded(self, record: WorkerRecord) -> bytes:
-        """The heartbeat answer as JSON bytes, rebuilt only when the assignment or registration changed."""
-        key = (record.token_hash, record.assigned)
+        """The heartbeat answer as JSON bytes, rebuilt only when what it says changed."""
+        key = (record.token_hash, record.assigned, tuple(self.registry.store_env().items()))
         cached = self._encoded.get(record.worker_id)
         if cached is None or cached[0] != key:
             body = json.dumps(self.assignment(record) | {"status": "ok"}).encode()

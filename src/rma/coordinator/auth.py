@@ -45,3 +45,10 @@ def require_secret(request: Request, secret: str | None, what: str, env: str) ->
             raise Unauthorized(f"{what} needs a valid bearer token ({env})")
     elif not is_loopback(request):
         raise Forbidden(f"{what} is open to loopback callers only while {env} is unset")
+
+
+def is_admin(request: Request, admin_token: str | None) -> bool:
+    """The caller holds the admin token (or, with none configured, calls from loopback)."""
+    if admin_token:
+        return same_secret(bearer(request), admin_token)
+    return is_loopback(request)

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from rma.catalog import Kind
+from rma.catalog import BY_NAME, Kind
 from rma.placement import SERVING_STATES, WorkerState
 from rma.protocol import SERVICE_STATES, Capabilities, ServiceStatus
 
@@ -58,7 +58,15 @@ class WorkerRecord:
     suspect_since: float | None = None
 
     def count_key(self) -> tuple[object, ...]:
-        return (self.healthy, self.assigned, self.serving())
+        """What the pool counts and the routing index read of this worker: a change means recount."""
+        serving = self.serving()
+        ports = tuple(sorted((s, self.port_of(s)) for s in serving))
+        return (self.healthy, self.assigned, serving, ports)
+
+    def port_of(self, service: str) -> int:
+        """The port the worker reports the service on, else the catalogue's."""
+        status = self.services_status.get(service)
+        return status.port if status is not None and status.port else BY_NAME[service].port
 
     def serving(self) -> frozenset[str]:
         if self.capabilities.engines is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from rma.catalog import BY_NAME, Kind
 from rma.coordinator.record import WorkerRecord, bracket, hash_token, seed_state, url_host, worker_kind
+from rma.coordinator.secrets import STORE_VARIABLES, SecretBook
 from rma.coordinator.store import Store, StoredWorker
 from rma.placement import Pool, WorkerState, contribution, desire, engine_for
 from rma.protocol import (
@@ -56,6 +57,10 @@ class Registry:
         self.counts: Counter[tuple[str, ...]] = Counter()
         # Bumped whenever the counts change: a worker whose plan saw this generation needs no replan.
         self.generation = 0
+        # service → ids of healthy workers serving it: discovery and routing never scan the pool.
+        self.serving_index: dict[str, set[str]] = {name: set() for name in BY_NAME}
+        self.secrets = SecretBook(store)
+        self._store_env: tuple[int, dict[str, str]] = (-1, {})
         self.events: deque[Event] = deque(maxlen=EVENT_RING_SIZE)
         self.registrations = 0
         # Told of every assignment the coordinator changes, to push it down watch streams.
@@ -88,6 +93,10 @@ class Registry:
         new = contribution(record.view(now, self.failure_cooldown))
         self.counts.subtract(record.counted)
         self.counts.update(new)
+        for service in _serving_in(record.counted_key):
+            self.serving_index[service].discard(record.worker_id)
+        for service in _serving_in(key):
+            self.serving_index[service].add(record.worker_id)
         record.counted, record.counted_key = new, key
         self.generation += 1
 
@@ -279,25 +288,34 @@ class Registry:
         return self.routing_table([service])[service]
 
     def routing_table(self, services: Iterable[str] = BY_NAME) -> dict[str, list[dict[str, Any]]]:
-        """Each service's healthy replicas (the worker is up and reports the service serving)."""
-        table: dict[str, list[dict[str, Any]]] = {name: [] for name in services}
-        for record in self.workers.values():
-            if not record.healthy:
-                continue
-            for service in record.serving():
-                if service not in table:
-                    continue
+        """Each service's healthy replicas (the worker is up and reports it serving), least loaded first."""
+        table: dict[str, list[dict[str, Any]]] = {}
+        for service in services:
+            replicas = []
+            for worker_id in self.serving_index[service]:
+                record = self.workers[worker_id]
                 status = record.services_status.get(service)
-                port = status.port if status is not None and status.port else BY_NAME[service].port
-                table[service].append({
-                    "worker_id": record.worker_id, "host": record.host, "port": port,
+                port = record.port_of(service)
+                replicas.append({
+                    "worker_id": worker_id, "host": record.host, "port": port,
                     "url": f"http://{bracket(record.host)}:{port}", "load": record.load,
                     "state": status.state if status is not None else "running",
                     "last_heartbeat": record.last_seen,
                 })
-        for replicas in table.values():
             replicas.sort(key=lambda r: (r["load"], r["worker_id"]))
+            table[service] = replicas
         return table
+
+    def store_env(self) -> dict[str, str]:
+        """The seed's variables that tell services where the stores are, from what serves now."""
+        generation, env = self._store_env
+        if generation != self.generation:
+            env = {}
+            for service, replicas in self.routing_table(STORE_VARIABLES).items():
+                if replicas:
+                    env.update(STORE_VARIABLES[service](replicas[0]["host"], replicas[0]["port"]))
+            self._store_env = (self.generation, env)
+        return env
 
     def _stored(self, record: WorkerRecord) -> StoredWorker:
         return StoredWorker(
@@ -305,3 +323,12 @@ class Registry:
             record.capabilities.model_dump_json(), record.assigned, record.holds_data,
             record.registered_at, record.last_seen,
         )
+
+
+def _serving_in(count_key: tuple[object, ...]) -> frozenset[str]:
+    """The services a worker's count key says it serves while healthy."""
+    if not count_key or not count_key[0]:
+        return frozenset()
+    serving = count_key[2]
+    assert isinstance(serving, frozenset)
+    return serving

@@ -14,8 +14,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from rma.catalog import BY_NAME, SERVICES
-from rma.coordinator.auth import bearer, bearer_value, require_secret, same_secret
+from rma.coordinator.auth import bearer, bearer_value, is_admin, require_secret, same_secret
 from rma.coordinator.record import WorkerRecord
+from rma.coordinator.secrets import CONNECTION_URLS
 from rma.coordinator.state import CoordinatorState
 from rma.placement import gap_report
 from rma.protocol import (
@@ -215,12 +216,19 @@ async def admin_events(request: Request) -> dict[str, Any]:
 
 @router.get("/api/services/discover/{service}")
 async def discover(service: str, request: Request) -> dict[str, Any]:
-    registry = _state(request).registry
+    """Healthy replicas; a store's secret and connection URL only for admin callers."""
+    state = _state(request)
+    registry = state.registry
     if service not in BY_NAME:
         raise NotFound(f"unknown service {service!r}; the catalogue has: {', '.join(BY_NAME)}")
     replicas = registry.replicas(service)
     if not replicas:
         raise Unavailable(f"no healthy workers found for service: {service}")
+    secret = registry.secrets.secret_for(service)
+    if secret is not None and is_admin(request, state.settings.admin_token):
+        for replica in replicas:
+            replica["secret"] = secret
+            replica["connection_url"] = CONNECTION_URLS[service](replica["host"], replica["port"], secret)
     return {"service": service, "workers": replicas, "count": len(replicas),
             "recommended": replicas[0]["worker_id"]}
 

@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS workers (
     holds_data    TEXT NOT NULL,
     registered_at REAL NOT NULL,
     last_seen     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    service TEXT PRIMARY KEY,
+    secret  TEXT NOT NULL
 )
 """
 
@@ -50,7 +54,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a committed row survives a process crash (kill -9).
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
+        self._db.executescript(SCHEMA)
 
     def load(self) -> list[StoredWorker]:
         rows = self._db.execute(
@@ -86,6 +90,12 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def load_secrets(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT service, secret FROM secrets").fetchall())
+
+    def save_secret(self, service: str, secret: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?)", (service, secret))
 
     def delete(self, worker_id: str) -> None:
         self._db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))

@@ -33,6 +33,7 @@ class Context:
     coordinator_urls: tuple[str, ...] = ()
     heartbeat_interval: float | None = None  # the pool's, for services that take part in it
     env: Mapping[str, str] = field(default_factory=dict)  # the worker's environment
+    secret: str | None = field(default=None, repr=False)  # the store's credential, from the coordinator
 
 
 @dataclass(frozen=True)
@@ -85,19 +86,18 @@ async def tcp_open(host: str, port: int) -> bool:
     return True
 
 
-async def tcp_exchange(host: str, port: int, send: bytes, expect: bytes) -> bool:
-    """Send `send` and check that the first answer starts with `expect`."""
+async def tcp_lines(host: str, port: int, send: bytes, count: int) -> list[bytes]:
+    """Send `send` and read `count` answer lines; [] when the service cannot be reached."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), HEALTH_TIMEOUT_S)
     except (OSError, TimeoutError):
-        return False
+        return []
     try:
         writer.write(send)
         await writer.drain()
-        answer = await asyncio.wait_for(reader.readline(), HEALTH_TIMEOUT_S)
-        return answer.startswith(expect)
+        return [await asyncio.wait_for(reader.readline(), HEALTH_TIMEOUT_S) for _ in range(count)]
     except (OSError, TimeoutError):
-        return False
+        return []
     finally:
         writer.close()
         await _closed(writer)

@@ -1,19 +1,35 @@
-"""redis: the Debian/upstream `redis-server`, append-only so a restarted worker keeps its data."""
+"""redis: the Debian/upstream `redis-server`, append-only so a restarted worker keeps its data.
+
+The password the coordinator issued goes into a config file readable by this user only, never
+onto the command line, where every local user could read it in the process list.
+"""
 
 from __future__ import annotations
 
-from rma.services.base import Context, Launch, ServiceDriver, probe_host, tcp_exchange
+import os
+
+from rma.services.base import Context, Launch, ServiceDriver, probe_host, tcp_lines
+
+SECRET_FILE = "redis-secret.conf"
 
 
 class Redis(ServiceDriver):
     name = "redis"
     engine = "redis-server"
 
+    def prepare(self, ctx: Context) -> None:
+        super().prepare(ctx)
+        secret_conf = ctx.data_dir / SECRET_FILE
+        fd = os.open(secret_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as conf:
+            if ctx.secret:
+                conf.write(f'requirepass "{ctx.secret}"\n')
+
     def launch(self, ctx: Context) -> Launch:
         binds = [ctx.host] if ctx.host in ("127.0.0.1", "::1") else [ctx.host, "127.0.0.1"]
         return Launch(
             (
-                "redis-server",
+                "redis-server", str(ctx.data_dir / SECRET_FILE),
                 "--port", str(ctx.port),
                 "--bind", *binds,
                 "--dir", str(ctx.data_dir),
@@ -26,5 +42,7 @@ class Redis(ServiceDriver):
         )
 
     async def healthy(self, ctx: Context) -> bool:
-        """A TCP connect is not enough: redis loading its AOF accepts connections but answers LOADING."""
-        return await tcp_exchange(probe_host(ctx.host), ctx.port, b"PING\r\n", b"+PONG")
+        """PING after AUTH: redis loading its AOF accepts connections but answers LOADING."""
+        auth = f"AUTH {ctx.secret}\r\n".encode() if ctx.secret else b""
+        answers = await tcp_lines(probe_host(ctx.host), ctx.port, auth + b"PING\r\n", 2 if ctx.secret else 1)
+        return bool(answers) and answers[-1].startswith(b"+PONG")

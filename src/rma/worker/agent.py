@@ -199,13 +199,13 @@ class Agent:
             log.info("%s: no longer assigned, stopping", name)
             self.supervisors[name].stop()
         for config in actions.start:
-            self._start(config.name, config.port, group)
+            self._start(config, group)
 
-    def _start(self, name: str, port: int, group: asyncio.TaskGroup) -> None:
-        data_dir = self.config.data_dir
+    def _start(self, config: ServiceConfig, group: asyncio.TaskGroup) -> None:
+        name, port, data_dir = config.name, config.port, self.config.data_dir
         placement = Placement(self.config.bind_host, port, service_dir(data_dir, name),
                               data_dir / "logs" / f"{name}.log", self.config.coordinator_urls, self.interval,
-                              self.config.service_env)
+                              {**self.config.service_env, **config.env}, config.secret)
         sup = Supervisor(self.drivers[name], placement, self.policy, on_change=self._report_now.set)
         self.supervisors[name] = sup
         log.info("%s: assigned, starting on port %d (log %s)", name, port, placement.log_path)

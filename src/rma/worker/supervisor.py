@@ -69,6 +69,7 @@ class Placement:
     coordinator_urls: tuple[str, ...] = ()
     heartbeat_interval: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    secret: str | None = field(default=None, repr=False)  # a store's credential, from the coordinator
 
 
 class Supervisor:
@@ -138,7 +139,8 @@ class Supervisor:
         elif port != where.port:
             log.warning("%s: port %d is taken, using %d", self.name, where.port, port)
         self._port = port
-        ctx = Context(where.host, port, where.data_dir, where.coordinator_urls, where.heartbeat_interval, where.env)
+        ctx = Context(where.host, port, where.data_dir, where.coordinator_urls, where.heartbeat_interval, where.env,
+                      where.secret)
         try:
             self.driver.prepare(ctx)
             launch = self.driver.launch(ctx)

@@ -3,9 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := redis-server
+# Only the benchmarks compare against these.
+BENCH_DEBIAN_PACKAGES := wrk nginx haproxy
+PACKAGES ?= $(DEBIAN_PACKAGES)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test lint typecheck unit bench system-packages clean
+.PHONY: up test lint typecheck bench system-packages clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 system-packages:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -32,8 +35,11 @@ typecheck: $(STAMP)
 test: $(STAMP) system-packages lint typecheck
 	$(VENV)/bin/pytest
 
-bench: $(STAMP) system-packages
+bench: $(STAMP)
+	$(MAKE) system-packages PACKAGES="$(DEBIAN_PACKAGES) $(BENCH_DEBIAN_PACKAGES)"
 	$(PY) bench/coordinator_scale.py
+	$(PY) bench/failover.py
+	$(PY) bench/proxy_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from rma.coordinator.state import CoordinatorSettings
+from rma.routing.commands import register as register_routing_commands
 from rma.worker.commands import register as register_worker_commands
 
 app = typer.Typer(help="RMA pool: coordinator, universal worker and operator tools.", no_args_is_help=True)
@@ -48,3 +49,4 @@ def status(
 
 
 register_worker_commands(app)
+register_routing_commands(app)

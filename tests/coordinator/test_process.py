@@ -134,3 +134,22 @@ def test_watch_needs_the_workers_token(tmp_path: Path, processes: list[RmaProces
     register(url, "s1", "storage", ["redis-server"])
     assert httpx.get(f"{url}/api/worker/watch/s1", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert httpx.get(f"{url}/api/worker/watch/ghost", headers={"Authorization": "Bearer x"}).status_code == 404
+
+
+def test_the_coordinators_own_service_route(tmp_path: Path, processes: list[RmaProcess]) -> None:
+    coordinator, url = start_coordinator(tmp_path)
+    processes.append(coordinator)
+    port = int(url.rsplit(":", 1)[1])
+    edge = register(url, "e1", "edge", ["rma-coordinator"])
+    assert edge["assigned_services"] == ["coordinator"]
+    # The edge worker says its coordinator replica serves on this very coordinator's port.
+    httpx.post(f"{url}/api/worker/heartbeat", headers={"Authorization": f"Bearer {edge['worker_token']}"},
+               json={"worker_id": "e1", "services_status": {"coordinator": {"state": "healthy", "port": port}}})
+    # The route reads the registry's table at most every half second.
+    through = wait_until(lambda: (r := httpx.get(f"{url}/service/coordinator/health?verbose=1", timeout=5))
+                         .status_code == 200 and r, timeout=3, what="a routable coordinator replica")
+    assert through.json()["workers"]["total"] == 1
+    uncovered = httpx.get(f"{url}/service/ner/extract", timeout=5)
+    assert uncovered.status_code == 503 and "ner-extraction" in uncovered.text
+    assert "reason" in uncovered.json()
+    assert httpx.get(f"{url}/service/nonsense/x", timeout=5).status_code == 404

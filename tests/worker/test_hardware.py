@@ -88,9 +88,10 @@ def test_nvidia_smi_rows_parse() -> None:
 
 
 def test_engines_need_an_implementation_and_the_binary() -> None:
-    assert runnable_engines(LAPTOP) == ["rma-coordinator"]
+    own = ["rma-coordinator", "rma-edge-proxy", "rma-load-balancer"]
+    assert runnable_engines(LAPTOP) == own
     assert runnable_engines(machine(binaries=("redis-server", "postgres", "initdb"))) == [
-        "redis-server", "rma-coordinator"]  # postgres has no implementation yet
+        "redis-server", *own]  # postgres has no implementation yet
     assert runnable_engines(machine(modules=())) == []
 
 

@@ -26,7 +26,9 @@ from rma.coordinator.routes import WORKER_ROUTES, router
 from rma.coordinator.state import CoordinatorSettings, CoordinatorState
 from rma.coordinator.store import Store
 from rma.coordinator.watch import Watchers
+from rma.placement import gap_report
 from rma.protocol import ApiError
+from rma.routing import service_router
 
 log = logging.getLogger("rma.coordinator")
 
@@ -43,7 +45,8 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # Uploads through /service stream to a replica; the routing engine caps those itself.
+        if scope["type"] != "http" or scope["path"].startswith("/service/"):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
@@ -115,7 +118,8 @@ def create_app(settings: CoordinatorSettings) -> Starlette:
             log.warning("RMA_ADMIN_TOKEN is unset: /api/admin is open to loopback only")
         timers = asyncio.create_task(_timers(state))
         try:
-            yield
+            async with services.running():
+                yield
         finally:
             timers.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -129,14 +133,20 @@ def create_app(settings: CoordinatorSettings) -> Starlette:
     api = FastAPI(title="RMA pool coordinator", exception_handlers=handlers)
     api.state.coordinator = state
     api.include_router(router)
+    # The coordinator's own `/service/{name}/{path}`: the routing engine over the registry itself.
+    services = service_router(registry.routing_table, reasons=lambda: _gap_reasons(registry))
     app = Starlette(
-        routes=[*WORKER_ROUTES, Mount("", app=api)],
+        routes=[*WORKER_ROUTES, Mount("/service", app=services), Mount("", app=api)],
         exception_handlers=handlers,
         middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
         lifespan=lifespan,
     )
     app.state.coordinator = state
     return app
+
+
+def _gap_reasons(registry: Registry) -> dict[str, str]:
+    return {g.service: g.reason for g in gap_report(registry.views(), registry.pool()) if g.reason}
 
 
 def _plain(errors: Any) -> list[str]:

@@ -1,0 +1,74 @@
+"""`rma edge-proxy` and `rma load-balancer`: every flag is also the environment variable it names."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import typer
+
+from rma.routing.gateway import DEFAULT_MAX_BODY, GatewaySettings
+from rma.routing.table import REFRESH_S
+
+_COORDINATOR = typer.Option("http://127.0.0.1:8080", envvar="COORDINATOR_URL",
+                            help="Coordinator URL; several, comma-separated, to fail over.")
+_ADMIN = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False,
+                      help="Admin token: lets the 503 answer say why a service has no replica.")
+_REFRESH = typer.Option(REFRESH_S, envvar="ROUTING_REFRESH_INTERVAL", min=0.1,
+                        help="Seconds between routing-table refreshes.")
+
+
+def _urls(value: str) -> tuple[str, ...]:
+    urls = tuple(u.strip().rstrip("/") for u in value.split(",") if u.strip())
+    bad = [u for u in urls if urlsplit(u).scheme not in ("http", "https") or not urlsplit(u).hostname]
+    if not urls or bad:
+        raise typer.BadParameter(f"need http(s) coordinator URLs, got {value!r}", param_hint="--coordinator-url")
+    return urls
+
+
+def _list(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def load_balancer(
+    host: str = typer.Option("127.0.0.1", envvar="LOAD_BALANCER_HOST", help="Address to listen on."),
+    port: int = typer.Option(8090, envvar="LOAD_BALANCER_PORT", min=1, max=65535, help="Port to listen on."),
+    coordinator_url: str = _COORDINATOR,
+    admin_token: str | None = _ADMIN,
+    refresh_interval: float = _REFRESH,
+) -> None:
+    """Run the load balancer: /service/{name}/{path} to a healthy replica, for internal traffic."""
+    from rma.routing.app import RouterSettings, create_load_balancer, serve
+
+    settings = RouterSettings(host, port, _urls(coordinator_url), admin_token or None, refresh_interval)
+    serve(create_load_balancer(settings), host, port)
+
+
+def edge_proxy(
+    host: str = typer.Option("127.0.0.1", envvar="EDGE_PROXY_HOST", help="Address to listen on."),
+    port: int = typer.Option(8787, envvar="EDGE_PROXY_PORT", min=1, max=65535, help="Port to listen on."),
+    coordinator_url: str = _COORDINATOR,
+    admin_token: str | None = _ADMIN,
+    refresh_interval: float = _REFRESH,
+    api_keys: str | None = typer.Option(None, envvar="RMA_API_KEYS", show_default=False,
+                                        help="Comma-separated client keys; once set, X-API-Key is required."),
+    cors_origins: str | None = typer.Option(None, envvar="RMA_CORS_ORIGINS", show_default=False,
+                                            help="Comma-separated origins browsers may call from ('*': any)."),
+    max_body_mb: float = typer.Option(DEFAULT_MAX_BODY / (1 << 20), envvar="RMA_MAX_BODY_MB", min=0,
+                                      help="Largest request body accepted, in MiB."),
+    rate_limit: float = typer.Option(100.0, envvar="RMA_RATE_LIMIT", min=0,
+                                     help="Requests per second per client address (0: no limit)."),
+    rate_burst: float = typer.Option(200.0, envvar="RMA_RATE_BURST", min=1, help="Burst a client may send at once."),
+) -> None:
+    """Run the edge proxy: the public gateway (keys, CORS, limits) in front of the routing engine."""
+    from rma.routing.app import RouterSettings, create_edge_proxy, serve
+
+    settings = RouterSettings(host, port, _urls(coordinator_url), admin_token or None, refresh_interval)
+    gateway = GatewaySettings(_list(api_keys), _list(cors_origins), int(max_body_mb * (1 << 20)),
+                              rate_limit, rate_burst)
+    serve(create_edge_proxy(settings, gateway), host, port)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `edge-proxy` and `load-balancer` to the `rma` command line."""
+    app.command("edge-proxy")(edge_proxy)
+    app.command("load-balancer")(load_balancer)

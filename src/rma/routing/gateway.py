@@ -1,0 +1,158 @@
+"""The edge proxy's public-gateway concerns, in front of the router: keys, CORS, body cap, rate limit.
+
+The load balancer serves internal traffic and skips all of this; the edge proxy faces users.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rma.routing.proxy import BodyTooLarge
+from rma.routing.router import answer
+
+# The original proxy's short names, kept next to the catalogue's full names.
+ALIASES = {
+    "rag": "rag-embeddings", "llm": "llm-inference", "ocr": "vision-ocr", "ner": "ner-extraction",
+    "upload": "document-processing", "notes": "notes-coa",
+}
+API_KEY_HEADER = b"x-api-key"
+DEFAULT_MAX_BODY = 256 << 20  # scanned case files run to tens of MB; 256 MiB leaves room
+MAX_CLIENTS = 10_000  # rate-limit buckets kept; full (idle) buckets are dropped past this
+CORS_MAX_AGE = b"600"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    api_keys: tuple[str, ...] = ()  # empty: no key needed; else X-API-Key must be one of these
+    cors_origins: tuple[str, ...] = ()  # "*" for any origin
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    rate_per_s: float = 100.0  # per client address; 0 turns rate limiting off
+    rate_burst: float = 200.0
+
+
+@dataclass
+class RateLimiter:
+    """Token buckets per client, refilled by elapsed time; `now` is passed in."""
+
+    rate_per_s: float
+    burst: float
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # client → (tokens, at)
+
+    def wait(self, client: str, now: float) -> float:
+        """0 when the request may pass (a token is taken), else the seconds until one is free."""
+        tokens, at = self.buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
+        if tokens >= 1.0:
+            if client not in self.buckets and len(self.buckets) >= MAX_CLIENTS:
+                self._prune(now)
+            self.buckets[client] = (tokens - 1.0, now)
+            return 0.0
+        self.buckets[client] = (tokens, now)
+        return (1.0 - tokens) / self.rate_per_s
+
+    def _prune(self, now: float) -> None:
+        full = [c for c, (t, at) in self.buckets.items() if t + (now - at) * self.rate_per_s >= self.burst]
+        for client in full or list(self.buckets)[: len(self.buckets) // 2]:
+            del self.buckets[client]
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return dict(scope["headers"])
+
+
+class Gateway:
+    """ASGI middleware: CORS preflight → rate limit → API key → body cap → the router (with CORS headers)."""
+
+    def __init__(self, app: ASGIApp, settings: GatewaySettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.app = app
+        self.settings = settings
+        self.clock = clock
+        self.keys = tuple(k.encode() for k in settings.api_keys if k)
+        self.origins = frozenset(o.encode() for o in settings.cors_origins if o)
+        self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst) if settings.rate_per_s > 0 else None
+
+    def allowed_origin(self, origin: bytes | None) -> bytes | None:
+        if origin is None or not self.origins:
+            return None
+        return origin if origin in self.origins or b"*" in self.origins else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        origin = self.allowed_origin(headers.get(b"origin"))
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers and b"origin" in headers:
+            await self.preflight(send, origin, headers)
+            return
+        if origin is not None:
+            send = _with_cors(send, origin)
+        if self.limiter is not None:
+            client = scope["client"][0] if scope.get("client") else ""
+            wait = self.limiter.wait(client, self.clock())
+            if wait > 0:
+                await answer(send, 429, {"error": f"rate limit: {self.settings.rate_per_s:g} requests/s per client"},
+                             [(b"retry-after", str(math.ceil(wait)).encode())])
+                return
+        if self.keys and not self.key_ok(headers.get(API_KEY_HEADER)):
+            await answer(send, 401, {"error": "a valid API key is required in the X-API-Key header"},
+                         [(b"www-authenticate", b"ApiKey")])
+            return
+        limit = self.settings.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            status, error = (413, f"request body larger than {limit} bytes") if declared.isdigit() else (
+                400, "invalid Content-Length")
+            await answer(send, status, {"error": error})
+            return
+        await self.app(scope, _capped(receive, limit), send)
+
+    def key_ok(self, presented: bytes | None) -> bool:
+        if presented is None:
+            return False
+        return any(hmac.compare_digest(presented, key) for key in self.keys)
+
+    async def preflight(self, send: Send, origin: bytes | None, headers: dict[bytes, bytes]) -> None:
+        if origin is None:
+            await answer(send, 403, {"error": "origin not allowed by this gateway's CORS settings"})
+            return
+        allow = [
+            (b"access-control-allow-origin", origin), (b"vary", b"Origin"),
+            (b"access-control-allow-methods", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            (b"access-control-allow-headers", headers.get(b"access-control-request-headers", b"*")),
+            (b"access-control-max-age", CORS_MAX_AGE), (b"content-length", b"0"),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": allow})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _with_cors(send: Send, origin: bytes) -> Send:
+    async def cors_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if not k.startswith(b"access-control-allow-o")]
+            headers += [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return cors_send
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    """Count body bytes as they stream; past `limit` the forwarding attempt fails with 413."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise BodyTooLarge(f"request body larger than {limit} bytes")
+        return message
+
+    return counted

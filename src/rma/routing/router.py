@@ -1,0 +1,265 @@
+"""`/service/{name}/{path}` as an ASGI app: resolve the service, choose a replica, forward, retry.
+
+One engine for the edge proxy, the load balancer and the coordinator's own `/service` route;
+each hands it a `TableSource`. Retries go to another replica, only while no byte of the answer
+has reached the client, only for requests safe to repeat, and only within the retry budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from rma import catalog
+from rma.routing.balancer import Balancer, RetryBudget
+from rma.routing.proxy import (
+    Body,
+    BodyTooLarge,
+    Forwarder,
+    Outgoing,
+    UpstreamBodyLost,
+    outgoing,
+    retry_safe,
+    timeout_for,
+)
+from rma.routing.table import Endpoint, Table, TableSource
+
+log = logging.getLogger("rma.routing")
+
+RETRY_STATUSES = frozenset({502, 503, 504})  # the replica (or its own upstream) failed, not the request
+ROUTERS = frozenset({"edge-proxy", "load-balancer"})  # routing to a router would only loop
+HEALTH_EVERY_S = 2.0
+PROBE_TIMEOUT_S = 1.0
+
+
+class RouteError(Exception):
+    """A request the router answers itself, with a status and a JSON body."""
+
+    def __init__(self, status: int, error: str, **detail: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.body = {"error": error, **detail}
+
+
+async def answer(send: Send, status: int, body: Mapping[str, object],
+                 headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An attempt that sent nothing to the client: retry elsewhere, or answer `status` with `error`."""
+
+    status: int
+    error: str
+    retry: bool
+
+
+def resolve(name: str, aliases: Mapping[str, str]) -> str:
+    """The catalogue name for `name` (or its alias); RouteError for what cannot be routed over HTTP."""
+    service = aliases.get(name, name)
+    known = catalog.BY_NAME.get(service)
+    if known is None:
+        choices = ", ".join([*catalog.BY_NAME, *aliases])
+        raise RouteError(404, f"unknown service {name!r}", services=choices)
+    if service in ROUTERS:
+        raise RouteError(400, f"{service} is a router itself; call the service you want through it")
+    if known.health.protocol != "http":
+        raise RouteError(400, f"{service} speaks its own protocol, not HTTP: find its address at "
+                              f"/api/services/discover/{service} on the coordinator")
+    return service
+
+
+def probe_targets(table: Table) -> list[tuple[str, str]]:
+    """(replica URL, health path) for each HTTP replica in the table: what the active checks visit."""
+    targets = {}
+    for name, endpoints in table.services.items():
+        service = catalog.BY_NAME.get(name)
+        if service is None or service.health.protocol != "http" or name in ROUTERS:
+            continue
+        for endpoint in endpoints:
+            targets[endpoint.url] = service.health.path
+    return sorted(targets.items())
+
+
+class ServiceRouter:
+    """ASGI app for paths `{prefix}/{name}/{rest}`: mount with prefix "" below a `/service` Mount."""
+
+    def __init__(self, source: TableSource, prefix: str = "/service", aliases: Mapping[str, str] | None = None,
+                 strip_headers: frozenset[bytes] = frozenset(), rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic, health_every_s: float = HEALTH_EVERY_S) -> None:
+        self.source = source
+        self.prefix = prefix.rstrip("/")
+        self.aliases = dict(aliases or {})
+        self.strip_headers = strip_headers
+        self.rng = rng or random.Random()
+        self.balancer = Balancer(self.rng)
+        self.budget = RetryBudget()
+        self.forwarder = Forwarder()
+        self.clock = clock
+        self.health_every_s = health_every_s
+        self._skip = self.prefix.count("/") + 1  # path segments before the service's own path
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Background loops (table refresh if the source has one, active checks) for the app's lifetime."""
+        control = httpx.AsyncClient(trust_env=False, timeout=PROBE_TIMEOUT_S)
+        tasks = [asyncio.create_task(self.check_health(control))]
+        refresh = getattr(self.source, "refresh", None)
+        run = getattr(self.source, "run", None)
+        if refresh is not None and run is not None:
+            await refresh(control)  # serve from a loaded table from the first request when we can
+            tasks.append(asyncio.create_task(run(control)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await control.aclose()
+            await self.forwarder.aclose()
+
+    async def check_health(self, client: httpx.AsyncClient) -> None:
+        """Snapshot the table → probe each replica → apply verdicts → sleep with jitter."""
+        while True:
+            table = self.source.current()
+            targets = probe_targets(table)
+            verdicts = await asyncio.gather(*(self._probe(client, url, path) for url, path in targets))
+            now = self.clock()
+            for (url, _), (ok, reason) in zip(targets, verdicts, strict=True):
+                self.balancer.probed(url, ok, now, reason)
+            self.balancer.forget_except(e.url for endpoints in table.services.values() for e in endpoints)
+            await asyncio.sleep(self.health_every_s * self.rng.uniform(0.8, 1.2))
+
+    @staticmethod
+    async def _probe(client: httpx.AsyncClient, url: str, path: str) -> tuple[bool, str]:
+        try:
+            response = await client.get(url + path)
+        except httpx.HTTPError as error:
+            return False, f"health check: {type(error).__name__}"
+        return response.is_success, f"health check answered {response.status_code}"
+
+    def view(self) -> dict[str, list[dict[str, object]]]:
+        """Each service's replicas as this router sees them: the operator's answer to "why not X?"."""
+        now = self.clock()
+        view: dict[str, list[dict[str, object]]] = {}
+        for name, endpoints in self.source.current().services.items():
+            rows: list[dict[str, object]] = []
+            for endpoint in endpoints:
+                state = self.balancer.health(endpoint.url)
+                rows.append({"worker_id": endpoint.worker_id, "url": endpoint.url, "admitted": state.admitted(now),
+                             "outstanding": state.outstanding, "sent": state.sent, "reason": state.reason})
+            view[name] = rows
+        return view
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1003})
+            return
+        try:
+            name, rest = self.split(scope)
+            service = resolve(name, self.aliases)
+            table = self.source.current()
+            endpoints = table.endpoints(service)
+            if not endpoints:
+                reason = table.reasons.get(service) or table.problem or "no worker reports it healthy"
+                raise RouteError(503, f"no healthy replica of {service}", service=service, reason=reason)
+            await self.forward(scope, receive, send, service, endpoints, rest)
+        except RouteError as error:
+            headers = [(b"retry-after", b"5")] if error.status == 503 else []
+            await answer(send, error.status, error.body, headers)
+
+    def split(self, scope: Scope) -> tuple[str, str]:
+        """The service name and the raw (still percent-encoded) path below it."""
+        raw = scope.get("raw_path") or scope["path"].encode()
+        path = raw.decode("latin-1")
+        root = scope.get("root_path", "")
+        skip = self._skip + root.rstrip("/").count("/")
+        parts = path.split("/", skip + 1)
+        if len(parts) <= skip or not parts[skip]:
+            raise RouteError(404, "use /service/{name}/{path}")
+        return parts[skip], "/" + parts[skip + 1] if len(parts) > skip + 1 else "/"
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send, service: str,
+                      endpoints: Sequence[Endpoint], rest: str) -> None:
+        safe = retry_safe(service, scope["method"])
+        try:
+            body = await Body.read(scope, receive, keep=safe)
+        except BodyTooLarge as error:
+            raise RouteError(413, str(error)) from None
+        except UpstreamBodyLost:
+            return
+        request = outgoing(scope, rest, self.strip_headers)
+        timeout = timeout_for(service)
+        self.budget.request(self.clock())
+        tried: list[str] = []
+        while True:
+            endpoint = self.balancer.choose(endpoints, tried, self.clock())
+            if endpoint is None:
+                raise RouteError(502, f"no replica of {service} left to try", service=service)
+            tried.append(endpoint.url)
+            more = len(tried) < len(endpoints)
+            self.balancer.begin(endpoint.url)
+            try:
+                failure = await self._attempt(endpoint, request, body, timeout, send, receive, safe and more)
+            finally:
+                self.balancer.end(endpoint.url)
+            if failure is None:
+                return
+            if not (failure.retry and more and self.budget.try_retry(self.clock())):
+                raise RouteError(failure.status, failure.error, service=service, replica=endpoint.worker_id)
+            log.info("retrying %s %s on another replica: %s", scope["method"], service, failure.error)
+
+    async def _attempt(self, endpoint: Endpoint, request: Outgoing, body: Body, timeout: aiohttp.ClientTimeout,
+                       send: Send, receive: Receive, may_retry: bool) -> Failure | None:
+        url = endpoint.url
+        try:
+            response = await self.forwarder.open(url, request, body, timeout)
+        except (aiohttp.ClientError, TimeoutError, BodyTooLarge, UpstreamBodyLost) as error:
+            return self._failed(endpoint, body, error, may_retry)
+        status = response.status
+        self.balancer.answered(url, status, self.clock())
+        if status in RETRY_STATUSES and may_retry and body.replayable and self.budget.allows(self.clock()):
+            response.release()
+            return Failure(status, f"replica {endpoint.worker_id} answered {status}", True)
+        try:
+            await self.forwarder.relay(response, send, receive)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # Bytes went out already: all that is left is to cut the client's connection.
+            self.balancer.unreachable(url, self.clock(), f"failed mid-answer: {type(error).__name__}")
+            log.warning("%s failed mid-answer (%s); closing the client connection", endpoint.worker_id, error)
+        return None
+
+    def _failed(self, endpoint: Endpoint, body: Body, error: Exception, may_retry: bool) -> Failure | None:
+        """Classify an attempt that failed before any answer byte: the client's fault, or the replica's."""
+        cause = body.error or error
+        if isinstance(cause, BodyTooLarge):
+            raise RouteError(413, str(cause))
+        if isinstance(cause, UpstreamBodyLost):
+            return None  # the client is gone: nobody to answer
+        name, url, now = type(error).__name__, endpoint.url, self.clock()
+        if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            self.balancer.unreachable(url, now, f"connect failed: {name}")
+            return Failure(502, f"replica {endpoint.worker_id} unreachable", body.replayable)
+        if isinstance(error, TimeoutError):
+            return Failure(504, f"replica {endpoint.worker_id} timed out ({name})", False)
+        self.balancer.unreachable(url, now, f"connection lost: {name}")
+        return Failure(502, f"replica {endpoint.worker_id} dropped the connection ({name})",
+                       may_retry and body.replayable)

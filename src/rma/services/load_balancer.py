@@ -1,0 +1,14 @@
+"""load-balancer: this package's `rma load-balancer`, routing internal traffic, on the assigned port."""
+
+from __future__ import annotations
+
+from rma.services.base import Context, Launch, ServiceDriver
+from rma.services.edge_proxy import router_argv
+
+
+class LoadBalancer(ServiceDriver):
+    name = "load-balancer"
+    engine = "rma-load-balancer"
+
+    def launch(self, ctx: Context) -> Launch:
+        return Launch(router_argv("load-balancer", ctx))

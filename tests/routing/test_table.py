@@ -1,0 +1,83 @@
+"""The routing table: parsing the coordinator's answer, keeping the last table while it is away."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from rma.routing.table import CallableSource, HttpTableSource, parse_reasons, parse_table
+
+TABLE = {"services": {
+    "ner-extraction": [{"worker_id": "w1", "host": "10.0.0.1", "port": 8108, "url": "http://10.0.0.1:8108",
+                        "load": 0.5, "state": "healthy", "last_heartbeat": 1.0}],
+    "llm-inference": [],
+}}
+GAPS = {"gaps": [{"service": "llm-inference", "status": "critical", "reason": "no GPU worker"},
+                 {"service": "ner-extraction", "status": "ok", "reason": ""}]}
+
+
+def test_parse_table_and_reasons() -> None:
+    table = parse_table(TABLE)
+    assert table["ner-extraction"][0].url == "http://10.0.0.1:8108"
+    assert table["ner-extraction"][0].load == 0.5
+    assert table["llm-inference"] == ()
+    assert parse_reasons(GAPS) == {"llm-inference": "no GPU worker"}
+    with pytest.raises(ValueError):
+        parse_table({"services": {"ner-extraction": "nope"}})
+
+
+def test_http_source_keeps_the_last_table_while_the_coordinator_is_down() -> None:
+    up = {"value": True}
+
+    def coordinator(request: httpx.Request) -> httpx.Response:
+        if not up["value"]:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json=TABLE if request.url.path.endswith("/table") else GAPS)
+
+    source = HttpTableSource(("http://coordinator:8080",))
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(coordinator)) as client:
+            assert not source.current().loaded
+            await source.refresh(client)
+            first = source.current()
+            assert first.loaded and not first.problem
+            assert first.reasons == {"llm-inference": "no GPU worker"}
+            up["value"] = False
+            await source.refresh(client)
+            stale = source.current()
+            assert stale.services == first.services and "unreachable" in stale.problem
+
+    asyncio.run(run())
+
+
+def test_unreadable_gap_report_still_explains_the_503() -> None:
+    def coordinator(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=TABLE) if request.url.path.endswith("/table") else httpx.Response(403)
+
+    source = HttpTableSource(("http://coordinator:8080",))
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(coordinator)) as client:
+            await source.refresh(client)
+
+    asyncio.run(run())
+    assert "RMA_ADMIN_TOKEN" in source.current().reasons["llm-inference"]
+
+
+def test_callable_source_rebuilds_at_most_every_ttl() -> None:
+    calls = {"n": 0}
+    clock = {"t": 0.0}
+
+    def table() -> dict[str, object]:
+        calls["n"] += 1
+        return TABLE["services"]
+
+    source = CallableSource(table, lambda: {"llm-inference": "why"}, ttl_s=0.5, clock=lambda: clock["t"])
+    for _ in range(10):
+        source.current()
+    clock["t"] = 0.6
+    assert source.current().reasons == {"llm-inference": "why"}
+    assert calls["n"] == 2

@@ -158,10 +158,11 @@ def run_one(count: int, seconds: float, connections: int) -> dict[str, float]:
             # One untimed round first: each worker's first beat after the registration storm
             # replans it against the final pool; the timed phase is the settled pool's steady load.
             asyncio.run(heartbeat_for(port, tokens, 0, connections))
-            server = psutil.Process(proc.pid)
-            cpu_before = sum(server.cpu_times()[:2])
+            server, client = psutil.Process(proc.pid), psutil.Process()
+            cpu_before, client_before = sum(server.cpu_times()[:2]), sum(client.cpu_times()[:2])
             latencies = asyncio.run(heartbeat_for(port, tokens, seconds, connections))
             server_cpu = sum(server.cpu_times()[:2]) - cpu_before
+            client_cpu = sum(client.cpu_times()[:2]) - client_before
             rss = server.memory_info().rss / 2**20
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -176,6 +177,8 @@ def run_one(count: int, seconds: float, connections: int) -> dict[str, float]:
         "coordinator_rss_mb": rss,
         # Server CPU per heartbeat: what one core could sustain is 1e6 / this, whatever else ran.
         "server_cpu_us_per_beat": server_cpu / len(latencies) * 1e6,
+        "server_cores": server_cpu / seconds,
+        "load_generator_cores": client_cpu / seconds,
     }
 
 
@@ -187,12 +190,13 @@ def main() -> None:
     args = parser.parse_args()
     uvloop.install()
     print(f"{'workers':>8} {'reg/s last10%':>14} {'reg/s all':>10} {'beats/s':>9} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'RSS MB':>7} {'CPU us/beat':>12}")
+          f"{'p99 ms':>7} {'RSS MB':>7} {'CPU us/beat':>12} {'cores: server':>14} {'load gen':>9}")
     for count in args.workers:
         r = run_one(count, args.seconds, args.connections)
         print(f"{count:>8} {r['registrations_per_s_last_10pct']:>14.0f} {r['registrations_per_s_overall']:>10.0f} "
               f"{r['heartbeats_per_s']:>9.0f} {r['heartbeat_p50_ms']:>7.2f} {r['heartbeat_p99_ms']:>7.2f} "
-              f"{r['coordinator_rss_mb']:>7.0f} {r['server_cpu_us_per_beat']:>12.0f}", flush=True)
+              f"{r['coordinator_rss_mb']:>7.0f} {r['server_cpu_us_per_beat']:>12.0f} {r['server_cores']:>14.2f}"
+              f" {r['load_generator_cores']:>9.2f}", flush=True)
     print("targets at 10,000 workers: >= 1000 reg/s, >= 5000 beats/s, p99 < 50 ms, RSS < 250 MB")
 
 

@@ -102,14 +102,36 @@ def test_heartbeats_are_flushed_in_batches_not_per_beat(tmp_path: Path) -> None:
     for i in range(3):
         join(registry, f"c{i}", "cpu", ["spacy"])
     clock.now += 0.5
+    for i in range(3):
+        registry.heartbeat(HeartbeatRequest(worker_id=f"c{i}"))
+    assert registry.flush() == 0  # registration wrote the time; nothing new enough to write yet
+    clock.now += 30
     for _ in range(5):
         for i in range(3):
             registry.heartbeat(HeartbeatRequest(worker_id=f"c{i}"))
-    on_disk = {w.worker_id: w.last_seen for w in registry.store.load()}
-    assert set(on_disk.values()) == {1_000.0}  # nothing written by the beats themselves
+    assert {w.last_seen for w in registry.store.load()} == {1_000.0}  # nothing written by the beats themselves
     assert registry.flush() == 3
-    assert {w.last_seen for w in registry.store.load()} == {1_000.5}
+    assert {w.last_seen for w in registry.store.load()} == {1_030.5}
     assert registry.flush() == 0
+
+
+def test_restart_brings_back_workers_that_were_down_as_down(tmp_path: Path) -> None:
+    clock = Clock()
+    registry = make(tmp_path, clock)
+    join(registry, "gone", "storage", ["redis-server"])
+    join(registry, "alive", "storage", ["redis-server"])
+    for _ in range(48):  # "alive" beats for 2 minutes; "gone" died at the start
+        clock.now += 2.5
+        serve_all(registry, "alive")
+        registry.sweep()
+        registry.flush()
+    assert registry.get("alive").assigned == ("redis",)
+    registry.store.close()
+
+    clock.now += 60
+    restarted = make(tmp_path, clock)
+    assert restarted.get("alive").healthy and not restarted.get("gone").healthy
+    assert restarted.pool().assigned("redis") == 1
 
 
 def test_restart_restores_workers_tokens_and_assignments_without_churn(tmp_path: Path) -> None:

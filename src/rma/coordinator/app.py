@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rma.coordinator.answers import Answers
 from rma.coordinator.metrics import Metrics
 from rma.coordinator.registry import Registry
-from rma.coordinator.routes import WORKER_ROUTES, router
+from rma.coordinator.routes import router, worker_routes
 from rma.coordinator.state import CoordinatorSettings, CoordinatorState
 from rma.coordinator.store import Store
 from rma.coordinator.watch import Watchers
@@ -136,7 +136,7 @@ def create_app(settings: CoordinatorSettings) -> Starlette:
     # The coordinator's own `/service/{name}/{path}`: the routing engine over the registry itself.
     services = service_router(registry.routing_table, reasons=lambda: _gap_reasons(registry))
     app = Starlette(
-        routes=[*WORKER_ROUTES, Mount("/service", app=services), Mount("", app=api)],
+        routes=[*worker_routes(state), Mount("/service", app=services), Mount("", app=api)],
         exception_handlers=handlers,
         middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
         lifespan=lifespan,

@@ -56,11 +56,13 @@ class WorkerRecord:
     planned_generation: int = -1
     # When its watch stream dropped without a goodbye (a killed process closes its sockets).
     suspect_since: float | None = None
+    # The heartbeat time last written to the registry's disk.
+    persisted_seen: float = 0.0
 
     def count_key(self) -> tuple[object, ...]:
         """What the pool counts and the routing index read of this worker: a change means recount."""
         serving = self.serving()
-        ports = tuple(sorted((s, self.port_of(s)) for s in serving))
+        ports = tuple((s, self.port_of(s)) for s in self.assigned if s in serving)
         return (self.healthy, self.assigned, serving, ports)
 
     def port_of(self, service: str) -> int:
@@ -69,13 +71,14 @@ class WorkerRecord:
         return status.port if status is not None and status.port else BY_NAME[service].port
 
     def serving(self) -> frozenset[str]:
-        if self.capabilities.engines is None:
-            # The seed's agent reports no per-service health: trust what it was given.
-            unreported = {s for s in self.assigned if s not in self.services_status}
-        else:
-            unreported = set()
-        reported = {s for s, st in self.services_status.items() if st.state in SERVING_STATES}
-        return frozenset((reported | unreported) & set(self.assigned))
+        """Assigned services reported serving; the seed's agent reports none, so its are trusted."""
+        statuses = self.services_status
+        trust_unreported = self.capabilities.engines is None
+        return frozenset(
+            name for name in self.assigned
+            if (status := statuses.get(name)) is None and trust_unreported
+            or status is not None and status.state in SERVING_STATES
+        )
 
     def view(self, now: float, failure_cooldown: float) -> WorkerState:
         caps = self.capabilities

@@ -35,6 +35,9 @@ EVENT_RING_SIZE = 500
 # A down worker's services are offered to at most this many survivors straight away; the rest
 # of the pool picks up anything left at its next heartbeat.
 HEAL_CANDIDATES = 64
+# A worker's heartbeat time reaches the disk at most this often: enough to tell, after a
+# coordinator crash, which workers were alive, at 1/SEEN_RESOLUTION_S writes per worker-second.
+SEEN_RESOLUTION_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,22 @@ class Registry:
     # -- state changes ---------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Bring back every persisted worker with a fresh grace, so a coordinator restart moves nothing."""
+        """Bring back every persisted worker, so a coordinator restart moves nothing.
+
+        Workers alive when the coordinator went away (their last persisted beat is within a
+        grace and one write resolution of the newest) get a fresh grace; the others come back
+        down, keeping their tokens and data, until they beat again.
+        """
         now = self.clock()
-        for stored in self.store.load():
+        stored_workers = self.store.load()
+        newest = max((w.last_seen for w in stored_workers), default=now)
+        for stored in stored_workers:
+            alive = stored.last_seen >= newest - self.grace - SEEN_RESOLUTION_S
             record = WorkerRecord(
                 stored.worker_id, stored.token_hash, Kind(stored.kind), stored.host, stored.tunnel_url,
-                Capabilities.model_validate_json(stored.capabilities), stored.registered_at, now,
-                assigned=stored.assigned, holds_data=stored.holds_data,
+                Capabilities.model_validate_json(stored.capabilities), stored.registered_at,
+                now if alive else stored.last_seen, healthy=alive, assigned=stored.assigned,
+                holds_data=stored.holds_data, persisted_seen=stored.last_seen,
             )
             self.workers[record.worker_id] = record
             self._recount(record)
@@ -145,7 +157,7 @@ class Registry:
         host = request.advertise_host or request.vpn_ip or url_host(request.tunnel_url) or client_host
         record = WorkerRecord(
             worker_id, hash_token(token), worker_kind(caps), host, request.tunnel_url, caps,
-            registered_at=existing.registered_at if existing else now, last_seen=now,
+            registered_at=existing.registered_at if existing else now, last_seen=now, persisted_seen=now,
             holds_data=frozenset(s for s in caps.data_services if s in BY_NAME and BY_NAME[s].stateful)
             | (existing.holds_data if existing else frozenset()),
             assigned=existing.assigned if existing else (),
@@ -193,7 +205,8 @@ class Registry:
             if not record.failed_at:
                 record.planned_generation = -1  # a cooldown ended: the worker may run it again
         self._recount(record)
-        self._unflushed.add(record.worker_id)
+        if now - record.persisted_seen >= SEEN_RESOLUTION_S:
+            self._unflushed.add(record.worker_id)
         if self._replan(record):
             self.store.save_assignment(record.worker_id, record.assigned, record.holds_data)
         return record
@@ -258,11 +271,13 @@ class Registry:
 
     def flush(self) -> int:
         """Persist the heartbeat times gathered since the last flush, in one transaction."""
-        seen = [(self.workers[w].last_seen, w) for w in self._unflushed if w in self.workers]
+        records = [self.workers[w] for w in self._unflushed if w in self.workers]
         self._unflushed.clear()
-        if seen:
-            self.store.touch_many(seen)
-        return len(seen)
+        for record in records:
+            record.persisted_seen = record.last_seen
+        if records:
+            self.store.touch_many((r.last_seen, r.worker_id) for r in records)
+        return len(records)
 
     # -- reads -----------------------------------------------------------------------------
 

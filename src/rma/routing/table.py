@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -137,6 +137,28 @@ class HttpTableSource:
         return response.json()
 
 
+class LazyReasons(Mapping[str, str]):
+    """The gap report's reasons, built only when a 503 needs one: a report over a large pool is not free."""
+
+    def __init__(self, build: Callable[[], Mapping[str, str]]) -> None:
+        self._build = build
+        self._reasons: Mapping[str, str] | None = None
+
+    def _get(self) -> Mapping[str, str]:
+        if self._reasons is None:
+            self._reasons = dict(self._build())
+        return self._reasons
+
+    def __getitem__(self, service: str) -> str:
+        return self._get()[service]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 class CallableSource:
     """A table built in-process (the coordinator's registry), rebuilt at most every `ttl_s`."""
 
@@ -153,7 +175,7 @@ class CallableSource:
         now = self.clock()
         if now - self._built_at >= self.ttl_s:
             services = parse_table(self._build_table())
-            reasons = dict(self._build_reasons()) if self._build_reasons and not all(services.values()) else {}
+            reasons: Mapping[str, str] = LazyReasons(self._build_reasons) if self._build_reasons else {}
             self._table = Table(services, reasons, loaded=True)
             self._built_at = now
         return self._table

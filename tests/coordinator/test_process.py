@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -153,3 +156,18 @@ def test_the_coordinators_own_service_route(tmp_path: Path, processes: list[RmaP
     assert uncovered.status_code == 503 and "ner-extraction" in uncovered.text
     assert "reason" in uncovered.json()
     assert httpx.get(f"{url}/service/nonsense/x", timeout=5).status_code == 404
+
+
+def test_rma_status_shows_workers_and_gaps(tmp_path: Path, processes: list[RmaProcess]) -> None:
+    coordinator, url = start_coordinator(tmp_path)
+    processes.append(coordinator)
+    worker = register(url, "store-7", "storage", ["redis-server"])
+    beat(url, "store-7", worker["worker_token"], ["redis"])
+    shown = subprocess.run([sys.executable, "-m", "rma", "status", "--coordinator", url], capture_output=True,
+                           text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert "store-7" in shown.stdout and "redis (healthy)" in shown.stdout
+    assert "chromadb" in shown.stdout and "critical" in shown.stdout and "engine chroma not available" in shown.stdout
+    unreachable = subprocess.run([sys.executable, "-m", "rma", "status", "--coordinator", f"http://127.0.0.1:{free_port()}"],
+                                 capture_output=True, text=True, timeout=30)
+    assert unreachable.returncode == 1 and "cannot read the coordinator" in unreachable.stdout

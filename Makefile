@@ -2,7 +2,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := redis-server
+# What the pool runs (redis-server), and the browser the dashboard's tests drive.
+DEBIAN_PACKAGES := redis-server chromium chromium-driver
 # Only the benchmarks compare against these.
 BENCH_DEBIAN_PACKAGES := wrk nginx haproxy
 PACKAGES ?= $(DEBIAN_PACKAGES)

@@ -8,6 +8,7 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Mount
+from starlette.responses import FileResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rma.coordinator.answers import Answers
@@ -31,6 +34,7 @@ from rma.protocol import ApiError
 from rma.routing import service_router
 
 log = logging.getLogger("rma.coordinator")
+DASHBOARD = Path(__file__).parent / "dashboard"
 
 
 class BodyTooLarge(ApiError):
@@ -136,13 +140,24 @@ def create_app(settings: CoordinatorSettings) -> Starlette:
     # The coordinator's own `/service/{name}/{path}`: the routing engine over the registry itself.
     services = service_router(registry.routing_table, reasons=lambda: _gap_reasons(registry))
     app = Starlette(
-        routes=[*worker_routes(state), Mount("/service", app=services), Mount("", app=api)],
+        routes=[
+            *worker_routes(state),
+            Mount("/service", app=services),
+            # The operator's dashboard: static files that read /api/admin (and its token) like any client.
+            Route("/", _dashboard_page, methods=["GET"]),
+            Mount("/dashboard", app=StaticFiles(directory=DASHBOARD)),
+            Mount("", app=api),
+        ],
         exception_handlers=handlers,
         middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
         lifespan=lifespan,
     )
     app.state.coordinator = state
     return app
+
+
+async def _dashboard_page(request: Request) -> FileResponse:
+    return FileResponse(DASHBOARD / "index.html")
 
 
 def _gap_reasons(registry: Registry) -> dict[str, str]:

@@ -47,7 +47,7 @@ def _why_uncovered(service: Service, workers: list[WorkerState], pool: Pool) -> 
         verdict = check(service, worker, others, worker.assigned)
         reason = verdict.reason or stand_in_reason(service, worker, others, serving=False)
         reasons[reason or "can run it: placed at its next heartbeat"] += 1
-    parts = [f"{count} {'worker' if count == 1 else 'workers'}: {why}" for why, count in reasons.most_common()]
+    parts = [f"{count} of {len(healthy)} healthy workers: {why}" for why, count in reasons.most_common()]
     return "; ".join(parts)
 
 

@@ -1,0 +1,107 @@
+// The operator's view of the pool: polls the coordinator's admin API every second, no reload.
+"use strict";
+
+const TOKEN_KEY = "rma-admin-token";
+const TIERS = { 1: "Tier 1 · GPU", 2: "Tier 2 · CPU", 3: "Tier 3 · storage", 4: "Tier 4 · edge" };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+class NeedsToken extends Error {}
+
+async function get(path) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const response = await fetch(path, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  if (response.status === 401 || response.status === 403) throw new NeedsToken((await response.json()).error);
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+function hardware(worker) {
+  const caps = worker.capabilities;
+  const parts = (caps.gpus || []).map((g) => `${g.name} ${Math.round(g.memory_mb / 1024)} GB`);
+  if (caps.cpu_cores) parts.push(`${caps.cpu_cores} cores`);
+  if (caps.ram_mb) parts.push(`${Math.round(caps.ram_mb / 1024)} GB RAM`);
+  return parts.join(", ") || "not reported";
+}
+
+function renderServices(services, gaps) {
+  const byName = Object.fromEntries(gaps.gaps.map((g) => [g.service, g]));
+  const tiers = document.getElementById("tiers");
+  tiers.replaceChildren();
+  for (const tier of [1, 2, 3, 4]) {
+    const column = el("div", { class: "tier" }, el("h3", {}, TIERS[tier]));
+    for (const service of services.filter((s) => s.tier === tier)) {
+      const gap = byName[service.name];
+      const card = el("div", { class: "service", "data-service": service.name, "data-status": gap.status },
+        el("span", { class: "name" }, service.name),
+        el("span", { class: "count" }, `${gap.healthy_replicas} healthy / ${gap.current_workers} assigned`));
+      if (gap.reason) card.append(el("div", { class: "reason" }, gap.reason));
+      column.append(card);
+    }
+    tiers.append(column);
+  }
+}
+
+function renderWorkers(workers) {
+  const body = document.querySelector("#workers tbody");
+  body.replaceChildren();
+  for (const w of workers.sort((a, b) => a.worker_id.localeCompare(b.worker_id))) {
+    const services = el("td");
+    for (const name of w.assigned_services) {
+      const state = (w.services_status[name] || {}).state || "assigned";
+      services.append(el("div", { class: `state-${state}` }, `${name}: ${state}`));
+    }
+    body.append(el("tr", { "data-worker": w.worker_id, "data-healthy": String(w.healthy) },
+      el("td", {}, w.worker_id), el("td", {}, w.healthy ? w.worker_type : `${w.worker_type} (down)`),
+      el("td", {}, hardware(w)), services, el("td", {}, w.current_load.toFixed(2)),
+      el("td", {}, `${w.age_seconds.toFixed(1)} s ago`)));
+  }
+}
+
+function renderEvents(events) {
+  const list = document.getElementById("events");
+  list.replaceChildren();
+  for (const e of events.slice(0, 40)) {
+    const when = new Date(e.at * 1000).toLocaleTimeString();
+    list.append(el("li", {}, `${when} `, el("span", { class: "kind" }, e.kind), ` ${e.worker_id} ${e.detail}`));
+  }
+}
+
+async function refresh() {
+  try {
+    const [workers, gaps, services, events] = await Promise.all([
+      get("/api/admin/workers"), get("/api/admin/gaps"), get("/api/admin/services"), get("/api/admin/events"),
+    ]);
+    document.getElementById("login").hidden = true;
+    document.getElementById("pool").hidden = false;
+    document.getElementById("summary").textContent =
+      `${workers.healthy}/${workers.total} workers healthy · ${gaps.summary.covered}/${gaps.summary.total_services} ` +
+      `services covered · ${gaps.summary.needs_attention} need attention`;
+    renderServices(services.services, gaps);
+    renderWorkers(workers.workers);
+    renderEvents(events.events);
+    document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (error) {
+    if (error instanceof NeedsToken) {
+      document.getElementById("pool").hidden = true;
+      document.getElementById("login").hidden = false;
+      document.getElementById("login-error").textContent = sessionStorage.getItem(TOKEN_KEY) ? error.message : "";
+    } else {
+      document.getElementById("updated").textContent = `coordinator unreachable: ${error.message}`;
+    }
+  }
+}
+
+document.getElementById("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value);
+  refresh();
+});
+
+refresh();
+setInterval(refresh, 1000);

@@ -29,7 +29,9 @@ def test_rma_up_starts_a_pool_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
     try:
         wait_until(lambda: "healthy at" in log.read_text(), 60, what="a service healthy under rma up")
         text = log.read_text()
-        assert f"Coordinator: {url}" in text and "Detected CPU" in text and "Assigned to" in text
+        assert f"Coordinator: {url}" in text and f"Dashboard:   {url}/" in text
+        assert "Detected CPU" in text and "Assigned to" in text
+        assert "RMA pool" in httpx.get(f"{url}/", timeout=5).text
         workers = httpx.get(f"{url}/api/admin/workers", timeout=5).json()["workers"]
         assert len(workers) == 1 and workers[0]["healthy"]
         children = psutil.Process(up.pid).children(recursive=True)

@@ -63,6 +63,7 @@ async def run_up(data_dir: Path, host: str, port: int, heartbeat_interval: float
                 return 1
             url = f"http://{host}:{coordinator.status.port}"
             typer.echo(f"Coordinator: {url}  (data in {data_dir})")
+            typer.echo(f"Dashboard:   {url}/")
             typer.echo(f"Services:    {url}/service/<name>/<path>  (the pool: rma status --coordinator {url})")
             worker_config = WorkerConfig((url,), worker_type, None, None, data_dir, host, None, True, env)
             profile, lines = build_profile(worker_config, Probe.system())

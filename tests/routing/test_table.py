@@ -71,7 +71,7 @@ def test_callable_source_rebuilds_at_most_every_ttl() -> None:
     calls = {"n": 0}
     clock = {"t": 0.0}
 
-    def table() -> dict[str, object]:
+    def table() -> object:
         calls["n"] += 1
         return TABLE["services"]
 

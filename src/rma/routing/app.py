@@ -6,16 +6,19 @@ there are only three routes (`/health`, `/service/...`, and a JSON 404 for the r
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
+import uvloop
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rma.routing.gateway import ALIASES, API_KEY_HEADER, Gateway, GatewaySettings
 from rma.routing.router import ServiceRouter, answer
+from rma.routing.server import serve_forever
 from rma.routing.table import REFRESH_S, CallableSource, HttpTableSource, TableSource
 
 
@@ -29,7 +32,7 @@ class RouterSettings:
 
 
 class RoutingApp:
-    """Lifespan (the router's loops), `GET /health`, `/service/...` through `front`, JSON 404 elsewhere."""
+    """`GET /health`, `/service/...` through `front`, JSON 404 elsewhere; `serve` runs the router's loops."""
 
     def __init__(self, name: str, router: ServiceRouter, front: ASGIApp, show_replicas: bool = False) -> None:
         self.name = name
@@ -38,9 +41,6 @@ class RoutingApp:
         self.show_replicas = show_replicas  # `GET /routing`: internal addresses, so not on the public gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.lifespan(receive, send)
-            return
         path: str = scope.get("path", "")
         if path.startswith("/service/"):
             await self.front(scope, receive, send)
@@ -63,13 +63,6 @@ class RoutingApp:
         if table.problem:
             body["problem"] = table.problem
         await answer(send, 200 if table.loaded else 503, body)
-
-    async def lifespan(self, receive: Receive, send: Send) -> None:
-        await receive()  # lifespan.startup
-        async with self.router.running():
-            await send({"type": "lifespan.startup.complete"})
-            await receive()  # lifespan.shutdown
-        await send({"type": "lifespan.shutdown.complete"})
 
 
 def _router(settings: RouterSettings, aliases: Mapping[str, str], strip: frozenset[bytes]) -> ServiceRouter:
@@ -103,9 +96,16 @@ def service_router(table: Callable[[], Any], reasons: Callable[[], Mapping[str, 
 
 
 def serve(app: RoutingApp, host: str, port: int) -> None:
+    """Run `app` on the lean server (uvloop) with the router's loops, until SIGINT or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("rma.routing").info("%s on http://%s:%d", app.name, host, port)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", loop="uvloop",
-                http="httptools", proxy_headers=False, server_header=False, date_header=False,
-                backlog=4096, timeout_graceful_shutdown=5)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        async with app.router.running():
+            await serve_forever(app, host, port, stop)
+
+    uvloop.run(main())

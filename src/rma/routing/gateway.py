@@ -66,6 +66,10 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
+def _has_body(scope: Scope) -> bool:
+    return any(k == b"content-length" or k == b"transfer-encoding" for k, _ in scope["headers"])
+
+
 class Gateway:
     """ASGI middleware: CORS preflight → rate limit → API key → body cap → the router (with CORS headers)."""
 
@@ -76,6 +80,7 @@ class Gateway:
         self.keys = tuple(k.encode() for k in settings.api_keys if k)
         self.origins = frozenset(o.encode() for o in settings.cors_origins if o)
         self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst) if settings.rate_per_s > 0 else None
+        self.checks_headers = bool(self.keys or self.origins or self.limiter)  # else only a body needs a look
 
     def allowed_origin(self, origin: bytes | None) -> bytes | None:
         if origin is None or not self.origins:
@@ -83,8 +88,8 @@ class Gateway:
         return origin if origin in self.origins or b"*" in self.origins else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or not (self.checks_headers or _has_body(scope)):
+            await self.app(scope, receive, send)  # nothing configured applies: no per-request cost
             return
         headers = _headers(scope)
         origin = self.allowed_origin(headers.get(b"origin"))

@@ -1,10 +1,9 @@
 """One forwarding attempt on a pooled keep-alive client: streaming both ways, headers faithful.
 
 The original proxy built a client per request (~27 ms each), buffered whole answers and dropped
-query strings, response headers and the right Host. Here one aiohttp session lives as long as
-the process (measured here: ~10x the requests/s of httpx's pool for the same work, see
-bench/proxy_overhead.py); request bodies stream from the ASGI receive channel and answers
-stream back chunk by chunk as the backend writes them (server-sent events arrive event by event).
+query strings, response headers and the right Host. Here one connection pool (`upstream`) lives
+as long as the process; request bodies stream from the ASGI receive channel and answers stream
+back chunk by chunk as the backend writes them (server-sent events arrive event by event).
 """
 
 from __future__ import annotations
@@ -13,18 +12,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
-from multidict import CIMultiDict
 from starlette.types import Receive, Scope, Send
-from yarl import URL
 
 from rma import catalog
+from rma.routing.upstream import Exchange, Pool, UpstreamError
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-connection",
 })
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # sent with a Content-Length even when empty
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 REPLAY_LIMIT = 1 << 20  # bodies up to 1 MiB of retry-safe requests are kept so a retry can resend them
 CONNECT_TIMEOUT_S = 2.0  # a replica that cannot accept a connection in 2 s is down for our purposes
@@ -42,9 +40,9 @@ class UpstreamBodyLost(Exception):
     """The client went away while its body was still being sent."""
 
 
-def timeout_for(service: str) -> aiohttp.ClientTimeout:
-    read = READ_TIMEOUT_S.get(service, DEFAULT_READ_TIMEOUT_S)
-    return aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S, sock_read=read)
+def timeout_for(service: str) -> float:
+    """Seconds the replica may stay silent while answering."""
+    return READ_TIMEOUT_S.get(service, DEFAULT_READ_TIMEOUT_S)
 
 
 def retry_safe(service: str, method: str) -> bool:
@@ -114,6 +112,18 @@ class Outgoing:
     method: str
     target: str  # /path?query, as the client sent it below /service/{name}
     headers: list[tuple[bytes, bytes]]
+    length: int | None = None  # the client's Content-Length: its body goes out raw, else chunked
+
+    def head(self, base_url: str, body: Body) -> bytes:
+        """The request line and headers for one replica: Host is the replica's, framing fits the body."""
+        lines = b"".join(b"%s: %s\r\n" % pair for pair in self.headers)
+        if self.length is None and body.data is None:
+            lines += b"transfer-encoding: chunked\r\n"
+        elif self.length is None and (body.data or self.method in BODY_METHODS):
+            lines += b"content-length: %d\r\n" % len(body.data or b"")
+        host = base_url.split("://", 1)[-1].encode()
+        return b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (self.method.encode(), self.target.encode("latin-1"),
+                                                          host, lines)
 
 
 def outgoing(scope: Scope, path: str, drop: frozenset[bytes] = frozenset()) -> Outgoing:
@@ -149,59 +159,62 @@ def outgoing(scope: Scope, path: str, drop: frozenset[bytes] = frozenset()) -> O
         headers.append((b"x-forwarded-host", original_host))
     query = scope.get("query_string", b"")
     target = path + ("?" + query.decode("latin-1") if query else "")
-    return Outgoing(scope["method"], target, headers)
+    length = next((int(v) for k, v in headers if k == b"content-length" and v.isdigit()), None)
+    return Outgoing(scope["method"], target, headers, length)
 
 
 class Forwarder:
-    """The pooled session; `open` sends one attempt, `relay` streams the answer to the client."""
+    """The connection pool; `open` sends one attempt and waits for its head, `relay` streams the answer."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """Made on first use, inside the running loop; no cookie jar, so clients never share cookies."""
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=2048, limit_per_host=0, keepalive_timeout=30.0, ttl_dns_cache=60)
-            self._session = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False,
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            )
-        return self._session
+        self.pool = Pool(CONNECT_TIMEOUT_S)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self.pool.close()
 
-    async def open(self, base_url: str, request: Outgoing, body: Body,
-                   timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-        headers = CIMultiDict([("host", base_url.split("://", 1)[-1])])
-        for key, value in request.headers:
-            headers.add(key.decode("latin-1"), value.decode("latin-1"))
-        # encoded=True: the client's percent-encoding goes out as it came (a%2Fb stays a%2Fb).
-        return await self.session.request(
-            request.method, URL(base_url + request.target, encoded=True), headers=headers,
-            data=body.content(), allow_redirects=False, timeout=timeout, auto_decompress=False,
-        )
+    async def open(self, base_url: str, request: Outgoing, body: Body, read_timeout: float) -> Exchange:
+        """Send the request; a reused connection that the replica closed before answering is retried once
+        on a fresh one (the replica never saw the request) when the body can be sent again."""
+        head = request.head(base_url, body)
+        conn = self.pool.reused(base_url)
+        if conn is not None:
+            exchange = Exchange(conn, self.pool, request.method == "HEAD", read_timeout)
+            try:
+                return await self._send(exchange, request, head, body)
+            except UpstreamError:
+                if exchange.received or not body.replayable:
+                    raise
+        exchange = Exchange(await self.pool.connect(base_url), self.pool, request.method == "HEAD", read_timeout)
+        return await self._send(exchange, request, head, body)
 
     @staticmethod
-    async def relay(response: aiohttp.ClientResponse, send: Send, receive: Receive) -> None:
+    async def _send(exchange: Exchange, request: Outgoing, head: bytes, body: Body) -> Exchange:
+        try:
+            await exchange.send(head, body.content(), request.length is None)
+            await exchange.start()
+        except BaseException:
+            exchange.close()
+            raise
+        return exchange
+
+    @staticmethod
+    async def relay(response: Exchange, send: Send, receive: Receive) -> None:
         """Stream the answer as it comes. Once this starts, a failure can only abort the connection.
 
         An answer of unknown length (an event stream) may run for minutes: a watcher ends it when
         the client goes away, so the backend stops generating for nobody.
         """
         watcher = None
-        if response.content_length is None:
+        if response.content_length is None and not response.complete:
             watcher = asyncio.create_task(_close_on_disconnect(receive, response))
         try:
-            headers = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in HOP_BY_HOP]
+            headers = [(k, v) for k, v in response.headers if k not in HOP_BY_HOP]
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             if response.content_length is not None and response.content_length <= SMALL_ANSWER:
                 # One write for a small answer of known length: half the ASGI sends on the hot path.
-                await send({"type": "http.response.body", "body": await response.content.read(), "more_body": False})
+                await send({"type": "http.response.body", "body": await response.read(), "more_body": False})
                 return
-            async for chunk in response.content.iter_any():
+            async for chunk in response.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -210,7 +223,7 @@ class Forwarder:
             response.release()
 
 
-async def _close_on_disconnect(receive: Receive, response: aiohttp.ClientResponse) -> None:
+async def _close_on_disconnect(receive: Receive, response: Exchange) -> None:
     while (await receive())["type"] != "http.disconnect":
         continue
     response.close()

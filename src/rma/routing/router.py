@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import aiohttp
 import httpx
 from starlette.types import Receive, Scope, Send
 
@@ -33,6 +32,7 @@ from rma.routing.proxy import (
     timeout_for,
 )
 from rma.routing.table import Endpoint, Table, TableSource
+from rma.routing.upstream import UpstreamError
 
 log = logging.getLogger("rma.routing")
 
@@ -227,21 +227,21 @@ class ServiceRouter:
                 raise RouteError(failure.status, failure.error, service=service, replica=endpoint.worker_id)
             log.info("retrying %s %s on another replica: %s", scope["method"], service, failure.error)
 
-    async def _attempt(self, endpoint: Endpoint, request: Outgoing, body: Body, timeout: aiohttp.ClientTimeout,
+    async def _attempt(self, endpoint: Endpoint, request: Outgoing, body: Body, timeout: float,
                        send: Send, receive: Receive, may_retry: bool) -> Failure | None:
         url = endpoint.url
         try:
             response = await self.forwarder.open(url, request, body, timeout)
-        except (aiohttp.ClientError, TimeoutError, BodyTooLarge, UpstreamBodyLost) as error:
+        except (UpstreamError, TimeoutError, BodyTooLarge, UpstreamBodyLost) as error:
             return self._failed(endpoint, body, error, may_retry)
         status = response.status
         self.balancer.answered(url, status, self.clock())
         if status in RETRY_STATUSES and may_retry and body.replayable and self.budget.allows(self.clock()):
-            response.release()
+            response.close()
             return Failure(status, f"replica {endpoint.worker_id} answered {status}", True)
         try:
             await self.forwarder.relay(response, send, receive)
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (UpstreamError, TimeoutError) as error:
             # Bytes went out already: all that is left is to cut the client's connection.
             self.balancer.unreachable(url, self.clock(), f"failed mid-answer: {type(error).__name__}")
             log.warning("%s failed mid-answer (%s); closing the client connection", endpoint.worker_id, error)
@@ -255,7 +255,7 @@ class ServiceRouter:
         if isinstance(cause, UpstreamBodyLost):
             return None  # the client is gone: nobody to answer
         name, url, now = type(error).__name__, endpoint.url, self.clock()
-        if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        if isinstance(error, UpstreamError) and error.connect:
             self.balancer.unreachable(url, now, f"connect failed: {name}")
             return Failure(502, f"replica {endpoint.worker_id} unreachable", body.replayable)
         if isinstance(error, TimeoutError):

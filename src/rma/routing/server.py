@@ -1,0 +1,285 @@
+"""A lean HTTP/1.1 server for the routers' ASGI app: an asyncio Protocol over httptools (llhttp).
+
+Profiled under wrk, uvicorn's generic ASGI cycle (header validation, per-message checks, one
+socket write per message) cost more per proxied request than the forwarding itself. This
+server does what the routers need and no more: keep-alive and pipelining (one request at a
+time per connection), streamed request bodies with back-pressure, `Expect: 100-continue`,
+chunked answers when the app gives no length, HEAD, and `http.disconnect`. The head of a
+response is held until its first body message (or the next loop turn) so a small answer goes
+out in one write. No lifespan: `serve` runs the router's background loops itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import unquote_to_bytes
+
+import httptools
+from starlette.types import ASGIApp, Message
+
+log = logging.getLogger("rma.routing")
+
+BODY_HIGH = 256 << 10  # stop reading a client once this much of its body waits for the app
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+NO_BODY = frozenset({204, 304})
+SERVER_ERROR = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class Request:
+    """One request's ASGI side: its body queue (receive) and its response state (send)."""
+
+    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.head_only = scope["method"] == "HEAD"
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+        self.body_done = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.started = False
+        self.finished = False
+        self.chunked = False
+        self.head = b""  # the response head, written with the first body message
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def receive(self) -> Message:
+        while True:
+            if self.conn.lost or self.finished:
+                return {"type": "http.disconnect"}
+            if self.body or self.body_done:
+                return self._next_body()
+            if self.expect_continue and not self.started:
+                self.expect_continue = False
+                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiter = self.conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    def _next_body(self) -> Message:
+        data = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        self.body.clear()
+        self.buffered = 0
+        self.conn.resume()
+        more = not self.body_done
+        if not more:
+            self.body_done = False  # every later receive waits for the disconnect
+        return {"type": "http.request", "body": data, "more_body": more}
+
+    async def send(self, message: Message) -> None:
+        if self.conn.lost or self.finished:
+            return
+        kind = message["type"]
+        if kind == "http.response.start" and not self.started:
+            self.started = True
+            self.head = self._head(message["status"], message.get("headers", ()))
+            self.conn.loop.call_soon(self._flush_head)
+        elif kind == "http.response.body" and self.started:
+            body: bytes = message.get("body", b"")
+            more: bool = message.get("more_body", False)
+            if self.head_only:
+                body = b""
+            elif self.chunked:
+                body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + (b"" if more else b"0\r\n\r\n")
+            if self.head or body:
+                self.conn.write(self.head + body)
+                self.head = b""
+            if not more:
+                self.finished = True
+                self.conn.done(self)
+            else:
+                await self.conn.drain()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _flush_head(self) -> None:
+        if self.head and not self.conn.lost:
+            self.conn.write(self.head)
+            self.head = b""
+
+    def _head(self, status: int, headers: Any) -> bytes:
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b""))]
+        framed = status in NO_BODY or status < 200
+        for name, value in headers:
+            lines.append(b"%s: %s\r\n" % (name, value))
+            framed = framed or name.lower() == b"content-length"
+        if not framed:
+            if self.scope["http_version"] == "1.1":
+                self.chunked = not self.head_only
+                lines.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # an HTTP/1.0 client reads an unframed answer to the close
+        if not self.keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection: parses requests, runs the app per request, in order."""
+
+    def __init__(self, app: ASGIApp, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.loop = loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.lost = False
+        self.paused = False
+        self.writable: asyncio.Future[None] | None = None
+        self.queue: deque[Request] = deque()  # parsed, waiting (pipelined) or running at the head
+        self.parsing: Request | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    # transport events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, only alike
+        peer, sock = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.server = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse()
+        except httptools.HttpParserError:
+            self._refuse()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        for request in self.queue:
+            request.wake()
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
+    # llhttp callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parsed = httptools.parse_url(self.url)
+        path = parsed.path or b"/"
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": self.parser.get_http_version(), "method": self.parser.get_method().decode("ascii"),
+            "scheme": "http", "path": _unquote(path), "raw_path": path, "query_string": parsed.query or b"",
+            "root_path": "", "headers": self.headers, "client": self.client, "server": self.server,
+        }
+        expect = any(k == b"expect" and v.lower() == b"100-continue" for k, v in self.headers)
+        request = Request(self, scope, self.parser.should_keep_alive(), expect)
+        self.parsing = request
+        self.queue.append(request)
+        if len(self.queue) == 1:
+            self._start(request)
+
+    def on_body(self, body: bytes) -> None:
+        request = self.parsing
+        if request is None or request.finished:
+            return
+        request.body.append(body)
+        request.buffered += len(body)
+        if request.buffered > BODY_HIGH and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        request.wake()
+
+    def on_message_complete(self) -> None:
+        if self.parsing is not None:
+            self.parsing.body_done = True
+            self.parsing.wake()
+            self.parsing = None
+
+    # the requests' side
+    def _start(self, request: Request) -> None:
+        task = self.loop.create_task(self._run(request))
+        task.add_done_callback(lambda t: self._ended(request, t))
+
+    async def _run(self, request: Request) -> None:
+        await self.app(request.scope, request.receive, request.send)
+
+    def _ended(self, request: Request, task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("the app failed on %s %s", request.scope["method"], request.scope["path"], exc_info=error)
+        if not request.finished:
+            if not request.started and not self.lost:
+                self.write(SERVER_ERROR)
+            request.finished = True
+            request.keep_alive = False
+            self.done(request)
+
+    def done(self, request: Request) -> None:
+        """The answer is complete: the next pipelined request runs, or the connection closes."""
+        if self.queue and self.queue[0] is request:
+            self.queue.popleft()
+        if not request.keep_alive or request is self.parsing or self.lost:
+            self._close()  # an unread body cannot be skipped safely
+            return
+        self.resume()
+        if self.queue:
+            self._start(self.queue[0])
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.writable is not None:
+            await self.writable
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _refuse(self) -> None:
+        if not self.queue:
+            self.write(BAD_REQUEST)
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _unquote(path: bytes) -> str:
+    return unquote_to_bytes(path).decode("utf-8", "replace") if b"%" in path else path.decode("latin-1")
+
+
+async def serve_forever(app: ASGIApp, host: str, port: int, stop: asyncio.Event) -> None:
+    """Listen until `stop` is set; then stop accepting and close open connections."""
+    loop = asyncio.get_running_loop()
+    factory: Callable[[], asyncio.Protocol] = lambda: HttpProtocol(app, loop)  # noqa: E731
+    server = await loop.create_server(factory, host, port, backlog=4096, reuse_address=True)
+    async with server:
+        await stop.wait()

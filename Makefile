@@ -2,8 +2,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# What the pool runs (redis-server), and the browser the dashboard's tests drive.
-DEBIAN_PACKAGES := redis-server chromium chromium-driver
+# What the pool runs (redis-server, postgresql, tesseract), and the browser the dashboard's tests drive.
+DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng chromium chromium-driver
 # Only the benchmarks compare against these.
 BENCH_DEBIAN_PACKAGES := wrk nginx haproxy
 PACKAGES ?= $(DEBIAN_PACKAGES)
@@ -14,7 +14,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,storage,tier1]'
 	touch $(STAMP)
 
 system-packages:
@@ -41,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/coordinator_scale.py
 	$(PY) bench/failover.py
 	$(PY) bench/proxy_overhead.py
+	$(PY) bench/tier1.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

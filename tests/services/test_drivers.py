@@ -82,3 +82,13 @@ def test_probes_fail_cleanly_on_closed_ports() -> None:
     assert not asyncio.run(tcp_open("127.0.0.1", port))
     assert not asyncio.run(http_ok("127.0.0.1", port, "/health"))
     assert probe_host("0.0.0.0") == "127.0.0.1"
+
+
+def test_programs_are_found_beside_python_and_in_debians_postgres_folder() -> None:
+    """A worker started as .venv/bin/rma, venv not activated, still finds the venv's `chroma`."""
+    found = subprocess.run([sys.executable, "-c", "from rma.services.base import find_binary as f;"
+                            "print(f('chroma')); print(f('postgres')); print(f('no-such-program-here'))"],
+                           capture_output=True, text=True, env={"PATH": "/nonexistent"}, check=True).stdout.split()
+    assert found[0] == str(Path(sys.executable).parent / "chroma")
+    assert found[1].startswith("/usr/lib/postgresql/") and found[1].endswith("/bin/postgres")
+    assert found[2] == "None"

@@ -91,7 +91,7 @@ def test_engines_need_an_implementation_and_the_binary() -> None:
     own = ["rma-coordinator", "rma-edge-proxy", "rma-load-balancer"]
     assert runnable_engines(LAPTOP) == own
     assert runnable_engines(machine(binaries=("redis-server", "postgres", "initdb"))) == [
-        "redis-server", *own]  # postgres has no implementation yet
+        "postgres", "redis-server", *own]
     assert runnable_engines(machine(modules=())) == []
 
 

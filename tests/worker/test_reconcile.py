@@ -5,7 +5,7 @@ from __future__ import annotations
 from rma.protocol import ServiceConfig
 from rma.worker.reconcile import Running, diff
 
-ENGINES = {"redis": "redis-server", "coordinator": "rma-coordinator"}
+ENGINES = {"redis": ("redis-server",), "coordinator": ("rma-coordinator",)}
 IMPLEMENTED = {"redis", "coordinator"}
 
 

@@ -9,6 +9,9 @@ a `Context` and supervises the `Launch` they return.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ class Context:
     heartbeat_interval: float | None = None  # the pool's, for services that take part in it
     env: Mapping[str, str] = field(default_factory=dict)  # the worker's environment
     secret: str | None = field(default=None, repr=False)  # the store's credential, from the coordinator
+    engine: str | None = None  # the engine the coordinator chose; None: the driver's `engine`
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,26 @@ class Launch:
 
 
 class ServiceDriver(ABC):
-    """Base of every service module: subclasses set `name` and `engine` and build the command."""
+    """Base of every service module: subclasses set `name` and `engine` and build the command.
+
+    A module that can run its service on several engines (GPU and CPU) lists them in `engines`,
+    best first, and launches the one `Context.engine` names; `engine` is then its default.
+    """
 
     name: str
     engine: str
 
     @property
+    def engines(self) -> tuple[str, ...]:
+        return (self.engine,)
+
+    @property
     def service(self) -> catalog.Service:
         return catalog.get(self.name)
+
+    def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
+        """What this machine lacks for `engine` beyond its catalogue modules and binaries (a model file)."""
+        return None
 
     def prepare(self, ctx: Context) -> None:
         """Create what the service needs before its first start (by default its data dir)."""
@@ -69,6 +85,58 @@ class ServiceDriver(ABC):
         if check.protocol == "http":
             return await http_ok(probe_host(ctx.host), ctx.port, check.path)
         return await tcp_open(probe_host(ctx.host), ctx.port)
+
+
+def require_secret(ctx: Context, service: str) -> str:
+    """The store's credential; a store without one would start open (or with a well-known default)."""
+    if not ctx.secret:
+        raise PermissionError(f"{service} starts only with the password the coordinator issues")
+    return ctx.secret
+
+
+def write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Write a file only its owner can read: secrets go in files like this, never on a command line."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)  # an older file may have been created looser
+        if owner is not None:
+            os.fchown(fd, *owner)
+        file.write(text)
+
+
+def cpu_threads(ctx: Context) -> int:
+    """Threads an engine may use: OMP_NUM_THREADS when the worker sets it, else the CPUs this process
+    may run on, capped by a cgroup CPU quota (docker --cpus). Never `nproc`: on a shared machine
+    oversubscribed threads cost far more than they bring (measured: 10x slower embeddings).
+    """
+    chosen = ctx.env.get("OMP_NUM_THREADS", "")
+    if chosen.isdigit() and int(chosen) > 0:
+        return int(chosen)
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+# Where programs live that PATH may not name: the running Python's own bin folder (a venv's
+# `chroma`), and Debian's versioned PostgreSQL folder, newest first.
+EXTRA_BIN_DIRS = (Path(sys.executable).parent, *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True))
+
+
+def find_binary(name: str) -> str | None:
+    """The path of program `name`: on PATH, else in EXTRA_BIN_DIRS; None when it is nowhere."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in EXTRA_BIN_DIRS:
+        candidate = folder / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
 
 
 def probe_host(bind_host: str) -> str:

@@ -6,9 +6,7 @@ onto the command line, where every local user could read it in the process list.
 
 from __future__ import annotations
 
-import os
-
-from rma.services.base import Context, Launch, ServiceDriver, probe_host, tcp_lines
+from rma.services.base import Context, Launch, ServiceDriver, probe_host, tcp_lines, write_private
 
 SECRET_FILE = "redis-secret.conf"
 
@@ -19,11 +17,7 @@ class Redis(ServiceDriver):
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
-        secret_conf = ctx.data_dir / SECRET_FILE
-        fd = os.open(secret_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as conf:
-            if ctx.secret:
-                conf.write(f'requirepass "{ctx.secret}"\n')
+        write_private(ctx.data_dir / SECRET_FILE, f'requirepass "{ctx.secret}"\n' if ctx.secret else "")
 
     def launch(self, ctx: Context) -> Launch:
         binds = [ctx.host] if ctx.host in ("127.0.0.1", "::1") else [ctx.host, "127.0.0.1"]

@@ -48,7 +48,7 @@ class Profile:
     """What registration says about this machine, fixed at start."""
 
     capabilities: Capabilities
-    engines: dict[str, str]  # service → engine this worker runs it with
+    engines: dict[str, tuple[str, ...]]  # service → engines this worker can run it with, best first
 
 
 class Agent:
@@ -205,7 +205,8 @@ class Agent:
         name, port, data_dir = config.name, config.port, self.config.data_dir
         placement = Placement(self.config.bind_host, port, service_dir(data_dir, name),
                               data_dir / "logs" / f"{name}.log", self.config.coordinator_urls, self.interval,
-                              {**self.config.service_env, **config.env}, config.secret)
+                              {**self.config.service_env, **config.env}, config.secret,
+                              config.engine or next(iter(self.profile.engines.get(name, ())), None))
         sup = Supervisor(self.drivers[name], placement, self.policy, on_change=self._report_now.set)
         self.supervisors[name] = sup
         log.info("%s: assigned, starting on port %d (log %s)", name, port, placement.log_path)

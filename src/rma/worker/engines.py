@@ -15,13 +15,23 @@ from rma.services import DRIVERS, ServiceDriver
 from rma.worker.probe import Probe
 
 
-def runnable_engines(probe: Probe, drivers: Mapping[str, ServiceDriver] = DRIVERS) -> list[str]:
-    found = []
-    for driver in drivers.values():
-        engine = driver.service.engine(driver.engine)
-        if all(map(probe.has_module, engine.modules)) and all(map(probe.has_binary, engine.binaries)):
-            found.append(engine.name)
-    return sorted(found)
+def runnable_engines(probe: Probe, drivers: Mapping[str, ServiceDriver] = DRIVERS,
+                     env: Mapping[str, str] | None = None) -> list[str]:
+    """`env` is what the services get (MODEL_NAME): a driver may need a model file it names."""
+    return sorted(name for engines in engines_by_service(probe, drivers, env or {}).values() for name in engines)
+
+
+def engines_by_service(probe: Probe, drivers: Mapping[str, ServiceDriver],
+                       env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Each implemented service → the engines this machine can run it with, best first."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name, driver in drivers.items():
+        usable = tuple(engine.name for engine in map(driver.service.engine, driver.engines)
+                       if all(map(probe.has_module, engine.modules)) and all(map(probe.has_binary, engine.binaries))
+                       and driver.missing(engine.name, env) is None)
+        if usable:
+            found[name] = usable
+    return found
 
 
 def service_dir(data_dir: Path, service: str) -> Path:

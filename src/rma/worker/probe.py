@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psutil
 
+from rma.services.base import find_binary
+
 # File systems that do not outlive a reboot or a container: never a persistent data volume.
 VOLATILE_FS = frozenset({"tmpfs", "ramfs", "overlay", "devtmpfs", "squashfs"})
 
@@ -46,7 +48,7 @@ class Probe:
     def system(cls) -> Probe:
         return cls(_nvml, _nvidia_smi, _nvml_utilization, lambda: psutil.cpu_count() or 1,
                    lambda: psutil.virtual_memory().total // 2**20, _disk_free_mb, _mount, _addresses,
-                   _has_module, lambda name: shutil.which(name) is not None)
+                   _has_module, lambda name: find_binary(name) is not None)
 
 
 def _nvml() -> list[GpuInfo] | None:

@@ -6,7 +6,7 @@ from rma.protocol import Capabilities, Gpu
 from rma.services import DRIVERS
 from rma.worker.agent import Profile
 from rma.worker.config import WorkerConfig
-from rma.worker.engines import data_services, runnable_engines
+from rma.worker.engines import data_services, engines_by_service
 from rma.worker.hardware import choose_role, describe, detect_hardware
 from rma.worker.probe import Probe
 
@@ -14,7 +14,8 @@ from rma.worker.probe import Probe
 def build_profile(config: WorkerConfig, probe: Probe) -> tuple[Profile, list[str]]:
     hw = detect_hardware(probe, config.data_dir)
     role = choose_role(config.worker_type, hw, public_url=config.public_url, persistent_data=config.persistent_data)
-    engines = runnable_engines(probe)
+    by_service = engines_by_service(probe, DRIVERS, config.service_env)
+    engines = sorted(name for names in by_service.values() for name in names)
     held = data_services(config.data_dir)
     capabilities = Capabilities(
         worker_type=role.kind.value, has_gpu=bool(hw.gpus),
@@ -26,5 +27,4 @@ def build_profile(config: WorkerConfig, probe: Probe) -> tuple[Profile, list[str
     lines = describe(hw, role, engines)
     if held:
         lines.append(f"Detected data of: {', '.join(held)} (they come back to this worker)")
-    by_service = {name: d.engine for name, d in DRIVERS.items() if d.engine in engines}
     return Profile(capabilities, by_service), lines

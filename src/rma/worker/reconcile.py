@@ -28,15 +28,15 @@ class Actions:
 
 
 def diff(desired: Sequence[ServiceConfig], running: Mapping[str, Running],
-         engines: Mapping[str, str], implemented: Collection[str]) -> Actions:
-    """`engines` maps each implemented service to the engine this worker runs it with."""
+         engines: Mapping[str, Collection[str]], implemented: Collection[str]) -> Actions:
+    """`engines` maps each implemented service to the engines this worker can run it with."""
     start, refused = [], []
     wanted = set()
     for config in desired:
         wanted.add(config.name)
         if config.name not in implemented:
             refused.append((config.name, "no implementation on this worker"))
-        elif config.engine and config.engine != engines.get(config.name):
+        elif config.engine and config.engine not in engines.get(config.name, ()):
             refused.append((config.name, f"engine {config.engine} not available here"))
         elif config.name not in running:
             start.append(config)

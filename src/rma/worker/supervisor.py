@@ -70,6 +70,7 @@ class Placement:
     heartbeat_interval: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     secret: str | None = field(default=None, repr=False)  # a store's credential, from the coordinator
+    engine: str | None = None  # the engine to run the service with
 
 
 class Supervisor:
@@ -140,9 +141,10 @@ class Supervisor:
             log.warning("%s: port %d is taken, using %d", self.name, where.port, port)
         self._port = port
         ctx = Context(where.host, port, where.data_dir, where.coordinator_urls, where.heartbeat_interval, where.env,
-                      where.secret)
+                      where.secret, where.engine)
         try:
-            self.driver.prepare(ctx)
+            # In a thread: a first start may take seconds (initdb), and the worker must keep beating.
+            await asyncio.to_thread(self.driver.prepare, ctx)
             launch = self.driver.launch(ctx)
             where.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(where.log_path, "ab") as header:

@@ -1,0 +1,1 @@
+"""The HTTP apps this project writes around third-party engines (sentence-transformers, Tesseract)."""

@@ -177,7 +177,7 @@ def main() -> None:
                 how = "freezing the worker (SIGSTOP: its sockets stay open)"
             print(f"failover at {interval:g} s heartbeats: {took:.2f} s from {how} to healthy redis on the survivor"
                   f" ({verdict}; {took / interval:.1f} intervals)")
-            print(f"  worker agent supervising redis at {interval:g} s heartbeats:"
+            print(f"  worker agent of a storage worker (supervising every store it runs) at {interval:g} s heartbeats:"
                   f" RSS {agent['rss_mb']:.1f} MB, CPU {agent['cpu_percent']:.2f}% of a core")
         three = footprint_of_three(root / "three")
         print(f"supervising three redis-servers for {MEASURE_S:g} s: RSS {three['rss_mb']:.1f} MB (target < 100),"

@@ -27,13 +27,16 @@ def coordinator(
                                           help="Token workers need to join (unset: loopback only)."),
     admin_token: str | None = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False,
                                            help="Token for /api/admin (unset: loopback only)."),
+    api_keys: str = typer.Option("", envvar="RMA_API_KEYS", show_default=False,
+                                 help="Comma-separated client API keys that may read stores' credentials."),
 ) -> None:
     """Run the coordinator: worker registry, gap-filling placement, health timers."""
     from rma.coordinator.server import serve
 
     serve(CoordinatorSettings(host=host, port=port, data_dir=data_dir, heartbeat_interval=heartbeat_interval,
                               grace_intervals=grace_intervals, join_token=join_token or None,
-                              admin_token=admin_token or None))
+                              admin_token=admin_token or None,
+                              api_keys=tuple(k.strip() for k in api_keys.split(",") if k.strip())))
 
 
 @app.command()

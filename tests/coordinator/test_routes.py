@@ -269,7 +269,7 @@ def test_admin_views(api: TestClient) -> None:
 
 
 def test_store_secrets_go_to_the_store_worker_and_admins_only(tmp_path: Path) -> None:
-    with make_client(tmp_path, admin_token="adm") as api:
+    with make_client(tmp_path, admin_token="adm", api_keys=("app-key-1",)) as api:
         storage = register(api, worker_id="s1", advertise_host="127.0.0.5",
                            capabilities={"worker_type": "storage", "engines": ["redis-server"]})
         cpu = register(api, worker_id="c1", capabilities={"worker_type": "cpu", "engines": ["spacy"]})
@@ -287,6 +287,10 @@ def test_store_secrets_go_to_the_store_worker_and_admins_only(tmp_path: Path) ->
         assert "secret" not in public and "connection_url" not in public
         admin = api.get("/api/services/discover/redis", headers={"Authorization": "Bearer adm"}).json()
         assert admin["workers"][0]["connection_url"] == f"redis://:{secret}@127.0.0.5:16379/0"
+        app = api.get("/api/services/discover/redis", headers={"X-API-Key": "app-key-1"}).json()
+        assert app["workers"][0]["secret"] == secret
+        wrong = api.get("/api/services/discover/redis", headers={"X-API-Key": "app-key-2"}).json()
+        assert "secret" not in wrong["workers"][0]
         for path in ("/api/admin/workers", "/api/admin/gaps", "/api/admin/events", "/metrics"):
             assert secret not in api.get(path, headers={"Authorization": "Bearer adm"}).text, path
 

@@ -52,3 +52,9 @@ def is_admin(request: Request, admin_token: str | None) -> bool:
     if admin_token:
         return same_secret(bearer(request), admin_token)
     return is_loopback(request)
+
+
+def has_api_key(request: Request, keys: tuple[str, ...]) -> bool:
+    """The caller sends one of the configured client API keys as X-API-Key."""
+    presented = request.headers.get("x-api-key")
+    return any(same_secret(presented, key) for key in keys)

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from rma.catalog import BY_NAME, SERVICES
-from rma.coordinator.auth import bearer, bearer_value, is_admin, require_secret, same_secret
+from rma.coordinator.auth import bearer, bearer_value, has_api_key, is_admin, require_secret, same_secret
 from rma.coordinator.record import WorkerRecord
 from rma.coordinator.secrets import CONNECTION_URLS
 from rma.coordinator.state import CoordinatorState
@@ -218,7 +218,7 @@ async def admin_events(request: Request) -> dict[str, Any]:
 
 @router.get("/api/services/discover/{service}")
 async def discover(service: str, request: Request) -> dict[str, Any]:
-    """Healthy replicas; a store's secret and connection URL only for admin callers."""
+    """Healthy replicas; a store's secret and connection URL only for admin callers and client API keys."""
     state = _state(request)
     registry = state.registry
     if service not in BY_NAME:
@@ -227,7 +227,8 @@ async def discover(service: str, request: Request) -> dict[str, Any]:
     if not replicas:
         raise Unavailable(f"no healthy workers found for service: {service}")
     secret = registry.secrets.secret_for(service)
-    if secret is not None and is_admin(request, state.settings.admin_token):
+    trusted = is_admin(request, state.settings.admin_token) or has_api_key(request, state.settings.api_keys)
+    if secret is not None and trusted:
         for replica in replicas:
             replica["secret"] = secret
             replica["connection_url"] = CONNECTION_URLS[service](replica["host"], replica["port"], secret)

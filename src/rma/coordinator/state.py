@@ -23,6 +23,8 @@ class CoordinatorSettings:
     failure_cooldown: float = 300.0
     join_token: str | None = None
     admin_token: str | None = None
+    # Applications presenting one of these as X-API-Key may read a store's credentials in discovery.
+    api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024
     # Heartbeat times reach the disk this often (seconds), in one batch.
     flush_interval: float = 2.0

@@ -1,14 +1,23 @@
-"""Run the coordinator app under uvicorn."""
+"""Run the coordinator app on the routers' lean HTTP/1.1 server (uvloop + httptools).
+
+uvicorn's generic per-request ASGI work was about half of a heartbeat's cost; the lean
+server (rma.routing.server, shared with the edge proxy) does what the coordinator needs:
+keep-alive, streamed bodies and responses (the watch streams), and disconnect events.
+The app's lifespan (health timers, the /service router's loops) wraps the serving.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import signal
 
-import uvicorn
+import uvloop
 
 from rma.coordinator.app import create_app
 from rma.coordinator.state import CoordinatorSettings
+from rma.routing.server import serve_forever
 
 
 def serve(settings: CoordinatorSettings) -> None:
@@ -21,6 +30,12 @@ def serve(settings: CoordinatorSettings) -> None:
         "coordinator on http://%s:%d (data in %s, heartbeat every %ss)",
         settings.host, settings.port, settings.data_dir, settings.heartbeat_interval,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
-                loop="uvloop", http="httptools", proxy_headers=False, server_header=False,
-                timeout_graceful_shutdown=5)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        async with app.router.lifespan_context(app):
+            await serve_forever(app, settings.host, settings.port, stop)
+
+    uvloop.run(main())

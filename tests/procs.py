@@ -92,3 +92,13 @@ def start_coordinator(tmp_path: Path, port: int | None = None, interval: float =
         proc.stop()
         raise AssertionError(f"coordinator did not start:\n{proc.log()}") from None
     return proc, url
+
+
+def start_worker(processes: list[RmaProcess], log_dir: Path, url: str, kind: str, name: str,
+                 data_dir: Path | None = None) -> RmaProcess:
+    """`rma worker` configured only by the seed's variables, with its data under `data_dir/name`."""
+    env = {"WORKER_TYPE": kind, "COORDINATOR_URL": url, "WORKER_ID": name,
+           "DATA_DIR": str((data_dir or log_dir) / name), "ADVERTISE_HOST": "127.0.0.1"}
+    worker = RmaProcess(["worker"], log_dir / f"{name}.log", env).start()
+    processes.append(worker)
+    return worker

@@ -12,7 +12,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from procs import RmaProcess, start_coordinator, wait_until
+from procs import RmaProcess, start_coordinator, start_worker, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -35,15 +35,6 @@ def browser() -> Iterator[WebDriver]:
         yield chrome
     finally:
         chrome.quit()
-
-
-def start_worker(processes: list[RmaProcess], tmp_path: Path, url: str, kind: str, name: str) -> RmaProcess:
-    worker = RmaProcess([], tmp_path / f"{name}.log", {
-        "WORKER_TYPE": kind, "COORDINATOR_URL": url, "WORKER_ID": name, "DATA_DIR": str(tmp_path / name),
-        "ADVERTISE_HOST": "127.0.0.1"})
-    worker.args = ["worker"]
-    processes.append(worker.start())
-    return worker
 
 
 def attribute(browser: WebDriver, selector: str, name: str) -> str | None:

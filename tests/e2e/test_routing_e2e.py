@@ -8,8 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.test_worker_e2e import start_worker
-from procs import RmaProcess, start_coordinator, wait_until
+from procs import RmaProcess, start_coordinator, start_worker, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

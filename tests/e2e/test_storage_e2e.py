@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -21,24 +20,13 @@ import pytest
 import redis
 from chromadb.config import Settings
 
-from procs import RmaProcess, start_coordinator, wait_until
+from procs import RmaProcess, start_coordinator, start_worker, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 INTERVAL = 1.0
 STORES = ("redis", "postgres", "chromadb")
 # The venv's own scripts (`chroma`), even when the tests run without activating it.
 PATH = os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))
-needs_stores = pytest.mark.skipif(not all(shutil.which(b, path=PATH) for b in ("redis-server", "postgres", "chroma")),
-                                  reason="redis-server, PostgreSQL or chroma is not installed")
-
-
-class WorkerProcess(RmaProcess):
-    def start(self) -> WorkerProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        self.proc = subprocess.Popen([sys.executable, "-m", "rma.worker"], stdout=log, stderr=log,
-                                     env=self.env, start_new_session=True)
-        log.close()
-        return self
 
 
 @pytest.fixture
@@ -55,14 +43,6 @@ def data_root(tmp_path: Path, processes: list[RmaProcess]) -> Iterator[Path]:
         for proc in reversed(processes):  # before their data goes: a store whose files vanish panics
             proc.stop(timeout=5)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def start_worker(processes: list[RmaProcess], tmp_path: Path, data_root: Path, url: str, name: str) -> WorkerProcess:
-    env = {"WORKER_TYPE": "storage", "COORDINATOR_URL": url, "WORKER_ID": name, "DATA_DIR": str(data_root / name),
-           "ADVERTISE_HOST": "127.0.0.1", "PATH": PATH}
-    worker = WorkerProcess([], tmp_path / f"{name}.log", env).start()
-    processes.append(worker)
-    return worker
 
 
 def replicas_on(url: str, worker_id: str) -> dict[str, dict[str, Any]] | None:
@@ -112,18 +92,17 @@ def refuses_wrong_passwords(stores: dict[str, dict[str, Any]]) -> None:
         redis.Redis(host=rd["host"], port=rd["port"]).get("client:42:creditor")
 
 
-@needs_stores
 def test_stores_keep_their_data_through_a_killed_worker_and_refuse_wrong_passwords(
         processes: list[RmaProcess], tmp_path: Path, data_root: Path) -> None:
     coordinator, url = start_coordinator(tmp_path, interval=INTERVAL)
     processes.append(coordinator)
-    worker = start_worker(processes, tmp_path, data_root, url, "w-store")
+    worker = start_worker(processes, tmp_path, url, "storage", "w-store", data_root)
     stores = wait_until(lambda: replicas_on(url, "w-store"), 60, what="redis, postgres and chroma healthy on w-store")
     write_everything(stores)
     refuses_wrong_passwords(stores)
 
     worker.kill9()
-    start_worker(processes, tmp_path, data_root, url, "w-store")  # same id, same data dir
+    start_worker(processes, tmp_path, url, "storage", "w-store", data_root)  # same id, same data dir
     stores = wait_until(lambda: replicas_on(url, "w-store") if _rejoined(url) else None, 60,
                         what="the stores back on the restarted w-store")
     read_everything(stores)
@@ -143,7 +122,7 @@ def test_storage_worker_without_minio_is_never_assigned_it_and_the_gap_says_why(
         processes: list[RmaProcess], tmp_path: Path, data_root: Path) -> None:
     coordinator, url = start_coordinator(tmp_path, interval=INTERVAL)
     processes.append(coordinator)
-    start_worker(processes, tmp_path, data_root, url, "w-store")
+    start_worker(processes, tmp_path, url, "storage", "w-store", data_root)
 
     def minio_gap() -> dict[str, Any] | None:
         gaps = httpx.get(f"{url}/api/admin/gaps", timeout=2).json()["gaps"]

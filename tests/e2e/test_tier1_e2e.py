@@ -3,24 +3,19 @@ the worker starts the real engines, and the official `openai` client and an OCR 
 
 from __future__ import annotations
 
-import shutil
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
-from e2e.test_worker_e2e import discover, start_worker, workers
-from procs import RmaProcess, start_coordinator, wait_until
+from e2e.test_worker_e2e import discover, workers
+from procs import RmaProcess, start_coordinator, start_worker, wait_until
 from services.test_tier1_embeddings import cosine
 from services.test_tier1_ocr import letter
 
-# Checked without importing: torch alone takes seconds to import.
-ENGINES_HERE = all(find_spec(m) for m in ("sentence_transformers", "pytesseract")) and shutil.which("tesseract")
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180),
-              pytest.mark.skipif(not ENGINES_HERE, reason="sentence-transformers or tesseract not installed")]
-openai = pytest.importorskip("openai")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def healthy_replica(url: str, service: str) -> dict[str, Any] | None:

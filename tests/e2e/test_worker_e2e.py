@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,30 +13,11 @@ import httpx
 import psutil
 import pytest
 
-from procs import RmaProcess, free_port, start_coordinator, wait_until
+from procs import RmaProcess, free_port, start_coordinator, start_worker, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 INTERVAL = 1.0
 REDIS_START_S = 2.0  # redis-server answers PING well within this on a loaded 2-core machine
-
-
-class WorkerProcess(RmaProcess):
-    """`python -m rma.worker` with the seed's variables."""
-
-    def start(self) -> WorkerProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        self.proc = subprocess.Popen([sys.executable, "-m", "rma.worker"], stdout=log, stderr=log,
-                                     env=self.env, start_new_session=True)
-        log.close()
-        return self
-
-
-def start_worker(processes: list[RmaProcess], tmp_path: Path, url: str, kind: str, name: str) -> WorkerProcess:
-    env = {"WORKER_TYPE": kind, "COORDINATOR_URL": url, "WORKER_ID": name, "DATA_DIR": str(tmp_path / name),
-           "ADVERTISE_HOST": "127.0.0.1"}
-    worker = WorkerProcess([], tmp_path / f"{name}.log", env).start()
-    processes.append(worker)
-    return worker
 
 
 def discover(url: str, service: str) -> dict[str, Any] | None:

@@ -25,8 +25,6 @@ from rma.worker.process import free_port
 
 SECRET = "coordinator-issued-s3cret"
 ROOT = os.geteuid() == 0
-needs_postgres = pytest.mark.skipif(not (shutil.which("postgres") and shutil.which("initdb")),
-                                    reason="PostgreSQL is not installed")
 
 
 @pytest.fixture
@@ -109,7 +107,6 @@ def test_postgres_will_not_start_without_the_coordinators_password(data_dir: Pat
     assert not (data_dir / PGDATA).exists()
 
 
-@needs_postgres
 def test_postgres_is_initialised_once_with_password_logins_only(data_dir: Path) -> None:
     ctx = Context("127.0.0.1", free_port("127.0.0.1"), data_dir, secret=SECRET)
     postgres = DRIVERS["postgres"]
@@ -128,7 +125,6 @@ def test_postgres_is_initialised_once_with_password_logins_only(data_dir: Path) 
     assert pgdata.stat().st_mode & 0o777 == 0o700
 
 
-@needs_postgres
 def test_postgres_answers_select_1_to_the_password_and_refuses_others(data_dir: Path) -> None:
     port = free_port("127.0.0.1")
     ctx = Context("127.0.0.1", port, data_dir, secret=SECRET)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
 
 from rma.services import DRIVERS
@@ -16,7 +17,6 @@ from rma.services.base import Context
 from rma.worker.process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")

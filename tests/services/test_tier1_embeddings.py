@@ -3,55 +3,27 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
-from rma.services import DRIVERS
-from rma.services.base import Context
-from rma.worker.process import free_port
+from services.driven import driven_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The service started from its driver's command; yields its base URL once /health says 200."""
-    folder = tmp_path_factory.mktemp("embeddings")
-    ctx = Context("127.0.0.1", free_port("127.0.0.1"), folder, env={"OMP_NUM_THREADS": "1"},
-                  engine="sentence-transformers")
-    driver = DRIVERS["rag-embeddings"]
-    driver.prepare(ctx)
-    launch = driver.launch(ctx)
-    log = open(folder / "service.log", "wb")  # noqa: SIM115 - closed after the process ends
-    proc = subprocess.Popen(launch.argv, env={**os.environ, **launch.env}, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{ctx.port}"
-    try:
-        statuses = set()
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                answer = httpx.get(f"{url}/health", timeout=2)
-                statuses.add(answer.status_code)
-                if answer.status_code == 503:
-                    assert "loading" in answer.json()["reason"]
-                if answer.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        assert 200 in statuses, (folder / "service.log").read_text()
+    """Healthy only once the model is loaded: 503 with a JSON reason before."""
+
+    def loading(answer: httpx.Response) -> None:
+        assert answer.status_code == 503 and "loading" in answer.json()["reason"]
+
+    with driven_service("rag-embeddings", tmp_path_factory.mktemp("embeddings"), "/health", 90,
+                        {"OMP_NUM_THREADS": "1"}, engine="sentence-transformers", while_loading=loading) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def cosine(a: list[float], b: list[float]) -> float:

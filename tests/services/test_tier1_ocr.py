@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from rma.services import DRIVERS
-from rma.services.base import Context
-from rma.worker.process import free_port
+from services.driven import driven_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 LETTER = ("Dear Ms Patel", "Your council tax balance is 412.50 GBP", "Please pay by 14 March 2025")
@@ -37,29 +32,8 @@ def letter(kind: str = "PNG", pages: int = 1) -> bytes:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("ocr")
-    ctx = Context("127.0.0.1", free_port("127.0.0.1"), folder, env={"OMP_NUM_THREADS": "2"})
-    driver = DRIVERS["vision-ocr"]
-    driver.prepare(ctx)
-    launch = driver.launch(ctx)
-    with open(folder / "service.log", "wb") as log:
-        proc = subprocess.Popen(launch.argv, env={**os.environ, **launch.env}, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{ctx.port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail((folder / "service.log").read_text())
+    with driven_service("vision-ocr", tmp_path_factory.mktemp("ocr"), "/health", 60, {"OMP_NUM_THREADS": "2"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def ocr(url: str, data: bytes, name: str = "letter.png", **params: str) -> httpx.Response:

@@ -115,7 +115,7 @@ def main() -> None:
         if find_spec("llama_cpp") is None:
             print("LLM: llama-cpp-python not installed, skipped")
             return
-        with started("llm-inference", "llama-cpp", args.threads, "/v1/models", folder) as url:
+        with started("llm-inference", "llama-cpp", args.threads, "/health", folder) as url:
             llm(url, 8)  # warm
             rates = [llm(url) for _ in range(3)]
             print(f"LLM tokens/s (SmolLM2-135M Q4_1, streamed): {sum(r for r, _ in rates) / 3:.1f}; "

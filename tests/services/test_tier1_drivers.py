@@ -83,9 +83,9 @@ def test_llama_command_serves_the_gguf_on_the_cpu_share(models: dict[str, str], 
     ctx = Context("127.0.0.1", 9105, tmp_path, env={"MODEL_NAME": models["gguf"], "OMP_NUM_THREADS": "3"},
                   engine="llama-cpp")
     argv = DRIVERS["llm-inference"].launch(ctx).argv
-    assert argv[:3] == (sys.executable, "-m", "llama_cpp.server")
+    assert argv[:3] == (sys.executable, "-m", "rma.services.apps.llm")
     assert argv[argv.index("--model") + 1] == models["gguf"]
-    assert argv[argv.index("--n_threads") + 1] == "3" and argv[argv.index("--port") + 1] == "9105"
+    assert argv[argv.index("--threads") + 1] == "3" and argv[argv.index("--port") + 1] == "9105"
 
 
 def test_embeddings_pick_the_device_from_the_chosen_engine(models: dict[str, str], tmp_path: Path) -> None:

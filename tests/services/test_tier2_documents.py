@@ -1,6 +1,6 @@
 """document-processing as the worker starts it: PDFs, DOCX and text the test writes, scanned pages, bad uploads.
 
-Run without a coordinator, so a scanned page must say that OCR is unavailable; the end-to-end test
+Its pool has no vision-ocr, so a scanned page must say that OCR is unavailable; the end-to-end test
 reads one through vision-ocr.
 """
 
@@ -18,6 +18,7 @@ from fpdf import FPDF
 from PIL import Image, ImageDraw, ImageFont
 from pypdf import PdfWriter
 
+from procs import start_coordinator
 from rma.services import DRIVERS
 from rma.services.base import Context
 from services.driven import driven_service
@@ -102,9 +103,16 @@ def zip_file(names: dict[str, bytes]) -> bytes:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with driven_service("document-processing", tmp_path_factory.mktemp("documents"), "/health", 60,
-                        {"OMP_NUM_THREADS": "1"}) as url:
-        yield url
+    """The service in a pool of its own: a real coordinator with no vision-ocr anywhere."""
+    folder = tmp_path_factory.mktemp("documents")
+    coordinator, coordinator_url = start_coordinator(folder)
+    (folder / "service").mkdir()
+    try:
+        with driven_service("document-processing", folder / "service", "/health", 60, {"OMP_NUM_THREADS": "1"},
+                            coordinator_urls=(coordinator_url,)) as url:
+            yield url
+    finally:
+        coordinator.stop()
 
 
 def parse(url: str, data: bytes, name: str = "letter.pdf") -> httpx.Response:
@@ -149,9 +157,15 @@ def test_a_scanned_page_without_ocr_in_the_pool_says_so_and_the_text_pages_still
     text_page, scan = body["pages"]
     assert text_page["source"] == "text" and "£412.50" in text_page["text"]
     assert scan["source"] == "none" and scan["text"] == ""
-    assert "no text layer" in scan["note"] and "OCR is unavailable" in scan["note"]
+    assert scan["note"] == "no text layer, and OCR is unavailable: vision-ocr is not running anywhere in the pool now"
     assert body["warnings"] == [f"page 2: {scan['note']}"] and "*Page 2: no text layer" in body["markdown"]
     assert body["text"] == text_page["text"]
+
+
+def test_scanned_pages_past_the_ocr_limit_say_they_were_not_read(service: str) -> None:
+    pages = parse(service, letter_pdf(scanned_pages=21)).json()["pages"]
+    assert all("OCR is unavailable" in page["note"] for page in pages[1:21])
+    assert "OCR stops at 20 scanned pages" in pages[21]["note"]
 
 
 def test_a_blank_page_is_named_blank_not_sent_to_ocr(service: str) -> None:

@@ -132,7 +132,9 @@ def parse_pdf(data: bytes) -> Parsed:
             raise ApiError(400, "the PDF has no pages", "file")
         if count > MAX_PAGES:
             raise ApiError(413, f"{count} pages, at most {MAX_PAGES}", "file")
-        pages = [pdf_page(number, page) for number, page in enumerate(reader.pages, start=1)]
+        pages: list[Page] = []
+        for number, page in enumerate(reader.pages, start=1):
+            pages.append(pdf_page(number, page, sum(p.scan is not None for p in pages) < MAX_OCR_PAGES))
         metadata = pdf_metadata(reader)
     except ApiError:
         raise
@@ -140,14 +142,12 @@ def parse_pdf(data: bytes) -> Parsed:
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError,
             RecursionError, OSError, zipfile.BadZipFile) as exc:
         raise ApiError(400, f"corrupt PDF: {type(exc).__name__}: {exc}", "file") from exc
-    scans = [page for page in pages if page.scan is not None]
-    for page in scans[MAX_OCR_PAGES:]:
-        page.unread(f"no text layer; not read: OCR stops at {MAX_OCR_PAGES} scanned pages per document")
     return Parsed("pdf", pages, {**metadata, "encrypted": reader.is_encrypted})
 
 
-def pdf_page(number: int, page: Any) -> Page:
-    """A page's text layer; a page without one but with images (a scan) carries itself as a one-page PDF for OCR."""
+def pdf_page(number: int, page: Any, ocr: bool) -> Page:
+    """A page's text layer; a page without one but with images (a scan) carries itself as a one-page PDF
+    for OCR, while `ocr` says the document has not used up its OCR pages."""
     from pypdf import PdfWriter
 
     text = (page.extract_text() or "").strip()
@@ -157,6 +157,9 @@ def pdf_page(number: int, page: Any) -> Page:
     inline_image = contents is not None and INLINE_IMAGE.search(contents.get_data()) is not None
     if not inline_image and not has_images(page.get("/Resources")):
         return Page(number, "", "none", "no text and no images: a blank page")
+    if not ocr:
+        return Page(number, "", "none", f"no text layer; not read: OCR stops at {MAX_OCR_PAGES} scanned pages "
+                                        "per document")
     writer = PdfWriter()
     writer.add_page(page)
     out = io.BytesIO()

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from rma.services import DRIVERS
+from rma.services.apps.money_ner import needs_torch, spacy_model
 from rma.services.base import Context
 from services.driven import driven_service
 
@@ -133,3 +134,9 @@ def test_the_driver_reports_a_missing_model_and_launches_the_installed_one(tmp_p
     assert argv[argv.index("--threads") + 1] == "3"
     with pytest.raises(FileNotFoundError):
         driver.launch(Context("127.0.0.1", 8108, tmp_path, env={"SPACY_MODEL": str(tmp_path / "absent")}))
+
+
+def test_pipeline_processes_skip_torch_unless_the_pipeline_is_a_transformer(tmp_path: Path) -> None:
+    assert not needs_torch(spacy_model({}) or "")
+    (tmp_path / "config.cfg").write_text('[components.transformer]\nfactory = "transformer"\n')
+    assert needs_torch(str(tmp_path))

@@ -29,7 +29,7 @@ MAX_TEXT_CHARS = 100_000
 MAX_TEXTS = 64
 MAX_TOTAL_CHARS = 400_000
 MAX_BODY_BYTES = 4 * 2**20
-MAX_PROCESSES = 4  # ~150 MB of RAM each
+MAX_PROCESSES = 4  # about 170 MB of RAM each
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 

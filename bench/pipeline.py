@@ -9,7 +9,8 @@ writes, with amounts, creditors, dates and account numbers):
   coordinator and `rma edge-proxy`; document-processing and ner-extraction are started from their
   drivers as the worker starts them, and this script plays the worker that reports them healthy.
   One client, one document at a time (the same CPU work as in-process: the ratio is the cost of
-  HTTP, the proxy and the process hops), then `--clients` at once (what the services' CPU share buys).
+  HTTP, the proxy and the process hops), then `--clients` at once (what the services' CPU share buys);
+  and, to tell the proxy's share from the services', one client calling the services directly.
 
     .venv/bin/python bench/pipeline.py [--threads N] [--documents 40] [--rounds 3] [--clients N]
 """
@@ -101,8 +102,8 @@ def wait_http(url: str, timeout: float = 180) -> None:
 
 
 @contextmanager
-def pool(threads: int, folder: Path) -> Iterator[str]:
-    """A coordinator, the edge proxy and both services; yields the edge proxy's URL."""
+def pool(threads: int, folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A coordinator, the edge proxy and both services; yields the edge proxy's URL and each service's own."""
     procs: list[subprocess.Popen[bytes]] = []
     stop = threading.Event()
     log = open(folder / "bench.log", "ab")  # noqa: SIM115 - children write to it until the end
@@ -133,7 +134,7 @@ def pool(threads: int, folder: Path) -> Iterator[str]:
         url = f"http://127.0.0.1:{edge}"
         for short in ("upload", "ner"):
             wait_http(f"{url}/service/{short}/health", 30)
-        yield url
+        yield url, {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     finally:
         stop.set()
         for proc in procs:
@@ -183,35 +184,43 @@ def main() -> None:
         text = parse_document(document[1]).answer()["text"]
         return len(analyse(nlp, [text])[0]["entities"])
 
-    with tempfile.TemporaryDirectory() as tmp, pool(args.threads, Path(tmp)) as edge:
-        client = httpx.Client(base_url=edge, timeout=120, limits=httpx.Limits(max_keepalive_connections=64))
+    with tempfile.TemporaryDirectory() as tmp, pool(args.threads, Path(tmp)) as (edge, services):
+        client = httpx.Client(timeout=120, limits=httpx.Limits(max_keepalive_connections=64))
 
-        def proxied(document: tuple[str, bytes]) -> int:
-            parsed = client.post("/service/upload/parse", files={"file": document})
-            parsed.raise_for_status()
-            found = client.post("/service/ner/extract", json={"text": parsed.json()["text"]})
-            found.raise_for_status()
-            return len(found.json()["entities"])
+        def through(parse_url: str, extract_url: str) -> Callable[[tuple[str, bytes]], int]:
+            def one(document: tuple[str, bytes]) -> int:
+                parsed = client.post(parse_url, files={"file": document})
+                parsed.raise_for_status()
+                found = client.post(extract_url, json={"text": parsed.json()["text"]})
+                found.raise_for_status()
+                return len(found.json()["entities"])
+
+            return one
+
+        proxied = through(f"{edge}/service/upload/parse", f"{edge}/service/ner/extract")
+        direct = through(f"{services['document-processing']}/parse", f"{services['ner-extraction']}/extract")
 
         entities = sum(map(in_process, documents))  # and warm both paths
         if sum(map(proxied, documents)) != entities:
             raise SystemExit("the edge proxy's answers differ from the in-process ones")
         # Interleaved passes: on a shared machine, load from elsewhere then hits both paths alike.
-        runs: dict[str, list[float]] = {"local": [], "edge": [], "edge-n": []}
+        runs: dict[str, list[float]] = {"local": [], "direct": [], "edge": [], "edge-n": []}
         for _ in range(args.rounds):
             runs["local"].append(rate(documents, in_process))
+            runs["direct"].append(rate(documents, direct))
             runs["edge"].append(rate(documents, proxied))
             runs["edge-n"].append(rate(documents, proxied, args.clients))
         client.close()
 
-    local, sequential, concurrent = (statistics.median(runs[key]) for key in ("local", "edge", "edge-n"))
+    local, straight, sequential, concurrent = (statistics.median(runs[key]) for key in runs)
     print(f"{len(documents)} letters (half PDF, half DOCX, ~1,500 characters each), median of {args.rounds} "
           f"interleaved passes, spaCy {model}, {os.cpu_count()} cores, services' share {args.threads} threads; "
           f"{entities} entities per pass on both paths")
-    print(f"{'in-process, 1 thread':<24}{local:7.1f} documents/s")
-    print(f"{'edge proxy, 1 client':<24}{sequential:7.1f} documents/s  {sequential / local:5.0%} of in-process "
+    print(f"{'in-process, 1 thread':<26}{local:7.1f} documents/s")
+    print(f"{'services direct, 1 client':<26}{straight:7.1f} documents/s  {straight / local:5.0%} of in-process")
+    print(f"{'edge proxy, 1 client':<26}{sequential:7.1f} documents/s  {sequential / local:5.0%} of in-process "
           "(target >= 80%)")
-    print(f"{f'edge proxy, {args.clients} clients':<24}{concurrent:7.1f} documents/s  {concurrent / local:5.0%} "
+    print(f"{f'edge proxy, {args.clients} clients':<26}{concurrent:7.1f} documents/s  {concurrent / local:5.0%} "
           "of in-process")
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pypdf import PdfWriter
 
 from procs import start_coordinator
 from rma.services import DRIVERS
+from rma.services.apps.documents import error_message
 from rma.services.base import Context
 from services.driven import driven_service
 
@@ -214,3 +215,11 @@ def test_the_driver_hands_the_app_the_coordinators_and_the_cpu_share(tmp_path: P
     argv = driver.launch(ctx).argv
     assert argv[argv.index("--coordinator-url") + 1] == "http://a:8080,http://b:8080"
     assert argv[argv.index("--threads") + 1] == "3"
+
+
+def test_ocr_failures_are_worded_from_the_service_or_router_error() -> None:
+    service = httpx.Response(413, json={"error": {"message": "file over 20971520 bytes", "code": 413}})
+    router = httpx.Response(503, json={"error": "no healthy replica", "reason": "vision-ocr: worker w1 down"})
+    assert error_message(service) == "file over 20971520 bytes"
+    assert error_message(router) == "no healthy replica; vision-ocr: worker w1 down"
+    assert error_message(httpx.Response(502, text="Bad Gateway")) == "Bad Gateway"

@@ -43,7 +43,9 @@ class ExtractRequest(BaseModel):
 
 
 def start_pool(model: str, processes: int) -> ProcessPoolExecutor:
-    """A pool whose every process has loaded the pipeline: a model that cannot load fails here, at start."""
+    """A pool of processes that each load the pipeline as they start; returns once they have answered.
+
+    A model that cannot load breaks the pool here, at start, so the app exits with the reason."""
     pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                initializer=money_ner.load_into_process, initargs=(model,))
     for future in [pool.submit(money_ner.process_labels) for _ in range(processes)]:

@@ -16,6 +16,7 @@ from typing import Any
 import uvloop
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rma.routing.fastpath import FastPath
 from rma.routing.gateway import ALIASES, API_KEY_HEADER, Gateway, GatewaySettings
 from rma.routing.router import ServiceRouter, answer
 from rma.routing.server import serve_forever
@@ -105,7 +106,8 @@ def serve(app: RoutingApp, host: str, port: int) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        gateway = app.front if isinstance(app.front, Gateway) else None
         async with app.router.running():
-            await serve_forever(app, host, port, stop)
+            await serve_forever(app, host, port, stop, FastPath(app.router, gateway))
 
     uvloop.run(main())

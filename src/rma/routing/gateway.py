@@ -118,6 +118,21 @@ class Gateway:
             return
         await self.app(scope, _capped(receive, limit), send)
 
+    def admits(self, scope: Scope) -> bool:
+        """True when a bodiless request passes every check with nothing to add (no CORS, no refusal);
+        it then takes its rate-limit token. False leaves the request to `__call__`, which answers it."""
+        if not self.checks_headers:
+            return True
+        headers = _headers(scope)
+        if self.origins and b"origin" in headers:
+            return False
+        if self.keys and not self.key_ok(headers.get(API_KEY_HEADER)):
+            return False
+        if self.limiter is not None:
+            client = scope["client"][0] if scope.get("client") else ""
+            return self.limiter.wait(client, self.clock()) == 0
+        return True
+
     def key_ok(self, presented: bytes | None) -> bool:
         if presented is None:
             return False

@@ -24,6 +24,8 @@ from starlette.types import ASGIApp, Message
 
 log = logging.getLogger("rma.routing")
 
+# Takes a parsed request and returns True when it forwards it itself, else the ASGI app runs it.
+FastForward = Callable[["Request"], bool]
 BODY_HIGH = 256 << 10  # stop reading a client once this much of its body waits for the app
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 NO_BODY = frozenset({204, 304})
@@ -48,6 +50,7 @@ class Request:
         self.finished = False
         self.chunked = False
         self.head = b""  # the response head, written with the first body message
+        self.cancel: Callable[[], None] | None = None  # stops a fast-path forward when the client goes
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -83,26 +86,33 @@ class Request:
             return
         kind = message["type"]
         if kind == "http.response.start" and not self.started:
-            self.started = True
-            self.head = self._head(message["status"], message.get("headers", ()))
+            self.start_response(message["status"], message.get("headers", ()))
             self.conn.loop.call_soon(self._flush_head)
         elif kind == "http.response.body" and self.started:
-            body: bytes = message.get("body", b"")
             more: bool = message.get("more_body", False)
-            if self.head_only:
-                body = b""
-            elif self.chunked:
-                body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + (b"" if more else b"0\r\n\r\n")
-            if self.head or body:
-                self.conn.write(self.head + body)
-                self.head = b""
-            if not more:
-                self.finished = True
-                self.conn.done(self)
-            else:
+            self.write_body(message.get("body", b""), more)
+            if more:
                 await self.conn.drain()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def start_response(self, status: int, headers: Any) -> None:
+        """The head, held back to go out with the first body bytes (one write for a small answer)."""
+        self.started = True
+        self.head = self._head(status, headers)
+
+    def write_body(self, body: bytes, more: bool) -> None:
+        """Frame and write body bytes after `start_response`; the last call (`more` false) ends the answer."""
+        if self.head_only:
+            body = b""
+        elif self.chunked:
+            body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + (b"" if more else b"0\r\n\r\n")
+        if self.head or body:
+            self.conn.write(self.head + body)
+            self.head = b""
+        if not more:
+            self.finished = True
+            self.conn.done(self)
 
     def _flush_head(self) -> None:
         if self.head and not self.conn.lost:
@@ -130,8 +140,9 @@ class Request:
 class HttpProtocol(asyncio.Protocol):
     """One client connection: parses requests, runs the app per request, in order."""
 
-    def __init__(self, app: ASGIApp, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, app: ASGIApp, loop: asyncio.AbstractEventLoop, fast: FastForward | None = None) -> None:
         self.app = app
+        self.fast = fast
         self.loop = loop
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -140,6 +151,7 @@ class HttpProtocol(asyncio.Protocol):
         self.lost = False
         self.paused = False
         self.writable: asyncio.Future[None] | None = None
+        self.on_writable: Callable[[], None] | None = None  # a fast-path forward waiting for the client
         self.queue: deque[Request] = deque()  # parsed, waiting (pipelined) or running at the head
         self.parsing: Request | None = None
         self.url = b""
@@ -164,6 +176,8 @@ class HttpProtocol(asyncio.Protocol):
         self.lost = True
         for request in self.queue:
             request.wake()
+            if request.cancel is not None:
+                request.cancel()
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
 
@@ -174,6 +188,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         self.writable = None
+        if self.on_writable is not None:
+            resume, self.on_writable = self.on_writable, None
+            resume()
 
     # llhttp callbacks
     def on_message_begin(self) -> None:
@@ -221,6 +238,11 @@ class HttpProtocol(asyncio.Protocol):
 
     # the requests' side
     def _start(self, request: Request) -> None:
+        if self.fast is None or not self.fast(request):
+            self.run_app(request)
+
+    def run_app(self, request: Request) -> None:
+        """The request through the ASGI app; also where the fast path hands what it does not handle."""
         task = self.loop.create_task(self._run(request))
         task.add_done_callback(lambda t: self._ended(request, t))
 
@@ -276,10 +298,14 @@ def _unquote(path: bytes) -> str:
     return unquote_to_bytes(path).decode("utf-8", "replace") if b"%" in path else path.decode("latin-1")
 
 
-async def serve_forever(app: ASGIApp, host: str, port: int, stop: asyncio.Event) -> None:
-    """Listen until `stop` is set; then stop accepting and close open connections."""
+async def serve_forever(app: ASGIApp, host: str, port: int, stop: asyncio.Event,
+                        fast: FastForward | None = None) -> None:
+    """Listen until `stop` is set; then stop accepting and close open connections.
+
+    `fast`, where given, sees each request first and takes those it can forward itself.
+    """
     loop = asyncio.get_running_loop()
-    factory: Callable[[], asyncio.Protocol] = lambda: HttpProtocol(app, loop)  # noqa: E731
+    factory: Callable[[], asyncio.Protocol] = lambda: HttpProtocol(app, loop, fast)  # noqa: E731
     server = await loop.create_server(factory, host, port, backlog=4096, reuse_address=True)
     async with server:
         await stop.wait()

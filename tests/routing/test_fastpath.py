@@ -1,0 +1,215 @@
+"""The routers' fast path over real sockets: what it takes, what it hands to the ASGI router, and that
+an answer through it is the same answer (headers, streaming, failures) as through the router."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+from rma.routing.app import RoutingApp
+from rma.routing.fastpath import FastPath
+from rma.routing.gateway import Gateway, GatewaySettings
+from rma.routing.router import ServiceRouter
+from rma.routing.server import Request, serve_forever
+from rma.routing.table import CallableSource
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Backend:
+    """A replica on a raw socket: records each request head; the path says how to answer."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.heads: list[bytes] = []
+        self.closed_by_peer = asyncio.Event()
+        self.port = free_port()
+
+    async def start(self) -> asyncio.AbstractServer:
+        return await asyncio.start_server(self.handle, "127.0.0.1", self.port)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                path = head.split(b" ")[1]
+                if path.startswith(b"/die-before"):
+                    writer.close()
+                    return
+                if path.startswith(b"/die-mid"):
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10)
+                    await writer.drain()
+                    writer.close()
+                    return
+                if path.startswith(b"/events"):
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+                                 b"\r\n9\r\ndata: 1\n\n\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.5)
+                    writer.write(b"9\r\ndata: 2\n\n\r\n0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                status = b"404 Not Found" if path.startswith(b"/missing") else b"200 OK"
+                body = self.name.encode() + b" " + path
+                writer.write(b"HTTP/1.1 %s\r\ncontent-length: %d\r\nx-custom: kept\r\nkeep-alive: timeout=5\r\n"
+                             b"connection: keep-alive\r\n\r\n%s" % (status, len(body), b"" if b"HEAD" in head[:5]
+                                                                     else body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed_by_peer.set()
+            writer.close()
+
+
+Test = Callable[[int, list[Backend], list[bool]], Awaitable[None]]
+
+
+def run(test: Test, replicas: int = 1, gateway: GatewaySettings | None = None) -> None:
+    """Serve a router (with the fast path, counting what it takes) over `replicas` backends; run `test`."""
+    async def main() -> None:
+        backends = [Backend(f"b{i}") for i in range(replicas)]
+        servers = [await backend.start() for backend in backends]
+        table = {"ner-extraction": [{"worker_id": b.name, "url": f"http://127.0.0.1:{b.port}", "host": "127.0.0.1",
+                                     "port": b.port, "load": 0} for b in backends]}
+        router = ServiceRouter(CallableSource(lambda: table), aliases={"ner": "ner-extraction"},
+                               strip_headers=frozenset({b"x-api-key"}))
+        front = Gateway(router, gateway) if gateway else router
+        fast = FastPath(router, front if isinstance(front, Gateway) else None)
+        taken: list[bool] = []
+
+        def counting(request: Request) -> bool:
+            taken.append(fast(request))
+            return taken[-1]
+
+        port, stop = free_port(), asyncio.Event()
+        task = asyncio.create_task(serve_forever(RoutingApp("edge-proxy", router, front), "127.0.0.1", port, stop,
+                                                 counting))
+        await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(test(port, backends, taken), 10)
+        finally:
+            stop.set()
+            await task
+            await router.forwarder.aclose()
+            for server in servers:
+                server.close()
+    asyncio.run(main())
+
+
+async def exchange(port: int, requests: bytes, answers: int = 1) -> list[tuple[bytes, bytes]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(requests)
+    out = []
+    for _ in range(answers):
+        out.append(await read_answer(reader))
+    writer.close()
+    return out
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        return head, await reader.readuntil(b"0\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(
+        b"content-length")), 0)
+    return head, await reader.readexactly(length) if b"HEAD" not in head else b""
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nhost: edge.example\r\n{extra}\r\n".encode()
+
+
+def test_a_pooled_connection_carries_plain_requests_on_the_fast_path_unchanged() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        first = await exchange(port, get("/service/ner/kb?x=1"))  # no idle connection yet: the router connects
+        again = await exchange(port, get("/service/ner/kb?x=1", "x-forwarded-for: 10.0.0.9\r\n"))
+        assert taken == [False, True]
+        for head, body in (first[0], again[0]):
+            assert head.startswith(b"HTTP/1.1 200") and b"x-custom: kept" in head and body == b"b0 /kb?x=1"
+            assert b"keep-alive: timeout" not in head  # hop-by-hop headers stay on their hop
+        upstream = backends[0].heads[-1].lower()
+        assert upstream.startswith(b"get /kb?x=1 http/1.1") and b"host: 127.0.0.1:%d" % backends[0].port in upstream
+        assert b"x-forwarded-for: 10.0.0.9, 127.0.0.1" in upstream and b"x-forwarded-host: edge.example" in upstream
+    run(test)
+
+
+def test_statuses_head_and_pipelined_requests_pass_through_in_order() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        await exchange(port, get("/service/ner/warm"))
+        head_request = b"HEAD /service/ner/kb HTTP/1.1\r\nhost: x\r\n\r\n"
+        answers = await exchange(port, get("/service/ner/missing") + head_request + get("/service/ner/third"), 3)
+        assert taken[1:] == [True, True, True]
+        assert answers[0][0].startswith(b"HTTP/1.1 404") and answers[0][1] == b"b0 /missing"
+        assert answers[1][0].startswith(b"HTTP/1.1 200") and b"content-length: 6" in answers[1][0]
+        assert answers[2][1] == b"b0 /third"
+    run(test)
+
+
+def test_an_event_stream_arrives_event_by_event() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        await exchange(port, get("/service/ner/warm"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/service/ner/events"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        first = await asyncio.wait_for(reader.readuntil(b"data: 1\n\n"), 0.4)  # before the backend's pause ends
+        rest = await reader.readuntil(b"0\r\n\r\n")
+        writer.close()
+        assert taken[-1] and head.startswith(b"HTTP/1.1 200") and first.endswith(b"data: 1\n\n")
+        assert b"data: 2" in rest
+    run(test)
+
+
+def test_a_replica_that_closes_before_answering_is_retried_elsewhere() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        for _ in range(6):  # idle connections to both replicas
+            await exchange(port, get("/service/ner/warm"))
+        answers = [(await exchange(port, get("/service/ner/die-before")))[0] for _ in range(2)]
+        # Every replica dies on this path; the router tries the other and then answers 502: no hang.
+        assert all(head.startswith(b"HTTP/1.1 502") for head, _ in answers)
+        assert True in taken[6:]
+        ok = await exchange(port, get("/service/ner/kb"))
+        assert ok[0][0].startswith(b"HTTP/1.1 200")
+    run(test, replicas=2)
+
+
+def test_a_replica_dying_mid_answer_cuts_the_client_connection() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        await exchange(port, get("/service/ner/warm"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/service/ner/die-mid"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.read()  # EOF after what came: never a complete answer of 100 bytes
+        writer.close()
+        assert taken[-1] and b"content-length: 100" in head and len(body) < 100
+    run(test)
+
+
+def test_a_client_leaving_mid_stream_closes_the_replica_connection() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        await exchange(port, get("/service/ner/warm"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/service/ner/events"))
+        await reader.readuntil(b"data: 1\n\n")
+        writer.close()
+        await asyncio.wait_for(backends[0].closed_by_peer.wait(), 2)
+        assert taken[-1]
+    run(test)
+
+
+def test_the_gateway_admits_on_the_fast_path_only_what_needs_no_answer_of_its_own() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        key = "x-api-key: k1\r\n"
+        await exchange(port, get("/service/ner/warm", key))
+        refused = await exchange(port, get("/service/ner/kb"))
+        allowed = await exchange(port, get("/service/ner/kb", key))
+        cors = await exchange(port, get("/service/ner/kb", key + "origin: https://app.example\r\n"))
+        assert taken[1:] == [False, True, False]
+        assert refused[0][0].startswith(b"HTTP/1.1 401") and allowed[0][0].startswith(b"HTTP/1.1 200")
+        assert b"access-control-allow-origin: https://app.example" in cors[0][0]
+        assert all(b"x-api-key" not in head.lower() for head in backends[0].heads)  # the key stays at the gateway
+    run(test, gateway=GatewaySettings(api_keys=("k1",), cors_origins=("https://app.example",), rate_per_s=0))

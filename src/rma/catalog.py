@@ -101,7 +101,7 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "ner-extraction", 2, Kind.CPU, 2, 8108,
-        (Engine("spacy", modules=("spacy",), ram_mb=512),), HTTP, retry_safe=True,
+        (Engine("spacy", modules=("spacy",), ram_mb=768),), HTTP, retry_safe=True,
     ),
     Service(
         "document-processing", 2, Kind.CPU, 2, 8103,

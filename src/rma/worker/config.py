@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 # The seed's service variables: handed to every service the worker starts.
 SERVICE_VARIABLES = (
     "MODEL_NAME", "GPU_MEMORY_UTILIZATION", "MAX_MODEL_LEN", "CHROMADB_HOST", "CHROMADB_PORT",
-    "NEO4J_URI", "REDIS_HOST", "LOAD_BALANCER_PORT", "EDGE_PROXY_PORT", "RMA_ADMIN_TOKEN",
+    "NEO4J_URI", "REDIS_HOST", "LOAD_BALANCER_PORT", "EDGE_PROXY_PORT", "RMA_ADMIN_TOKEN", "SPACY_MODEL",
 )
 
 

@@ -2,8 +2,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# What the pool runs (redis-server, postgresql, tesseract), and the browser the dashboard's tests drive.
-DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng chromium chromium-driver
+# What the pool runs (redis-server, postgresql, tesseract), the browser the dashboard's tests drive, and
+# what builds and runs the container images (podman with runc; debootstrap makes the Debian base image).
+DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng chromium chromium-driver \
+	podman runc debootstrap
 # Only the benchmarks compare against these.
 BENCH_DEBIAN_PACKAGES := wrk nginx haproxy
 PACKAGES ?= $(DEBIAN_PACKAGES)
@@ -12,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # unlike the build machine's (AMX paths). Minutes on 2 cores the first time; pip caches the wheel.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: up test lint typecheck bench system-packages clean
+.PHONY: up test lint typecheck bench system-packages image clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -41,6 +43,11 @@ typecheck: $(STAMP)
 
 test: $(STAMP) system-packages lint typecheck
 	$(VENV)/bin/pytest
+
+# Every image variant (docker/build.sh says which); podman takes this host's settings from docker/containers.conf.
+image: $(STAMP) system-packages
+	CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/docker/containers.conf} LLAMA_CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		docker/build.sh
 
 bench: $(STAMP)
 	$(MAKE) system-packages PACKAGES="$(DEBIAN_PACKAGES) $(BENCH_DEBIAN_PACKAGES)"

@@ -59,6 +59,13 @@ def test_declared_persistent_data_makes_storage(tmp_path: Path) -> None:
     assert role.kind == Kind.STORAGE and role.has_storage
 
 
+def test_a_data_volume_without_a_store_engine_stays_cpu(tmp_path: Path) -> None:
+    """A container always has its data volume; an image without redis or postgres is no storage node."""
+    role = choose_role("auto", detect_hardware(NAS, tmp_path), stores=False)
+    assert role.kind == Kind.CPU and "no store engine" in role.reasons[-1]
+    assert choose_role("storage", detect_hardware(NAS, tmp_path), stores=False).kind == Kind.STORAGE
+
+
 def test_gpu_comes_from_nvml_then_nvidia_smi(tmp_path: Path) -> None:
     assert detect_hardware(GPU_BOX, tmp_path).gpu_source == "nvml"
     hw = detect_hardware(SMI_ONLY, tmp_path)

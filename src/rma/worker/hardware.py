@@ -57,11 +57,12 @@ def detect_hardware(probe: Probe, data_dir: Path) -> Hardware:
 
 
 def choose_role(requested: str, hw: Hardware, *, public_url: str | None = None,
-                persistent_data: bool = False) -> Role:
+                persistent_data: bool = False, stores: bool = True) -> Role:
     """The worker type: the requested one, or for `auto` the first of GPU, Edge, Storage, CPU with evidence.
 
     A low-latency link alone does not make an edge node: it needs a globally routable address
-    on a local interface, an explicit public URL, or WORKER_TYPE=edge.
+    on a local interface, an explicit public URL, or WORKER_TYPE=edge. A data volume makes a
+    storage node only where a store can run (`stores`): every container has one.
     """
     if requested not in WORKER_TYPES:
         raise ValueError(f"WORKER_TYPE must be one of {', '.join(WORKER_TYPES)}, not {requested!r}")
@@ -80,8 +81,10 @@ def choose_role(requested: str, hw: Hardware, *, public_url: str | None = None,
         kind, reasons = Kind.GPU, [f"{len(hw.gpus)} GPU(s)"]
     elif edge_evidence:
         kind, reasons = Kind.EDGE, edge_evidence
-    elif storage_evidence:
+    elif storage_evidence and stores:
         kind, reasons = Kind.STORAGE, storage_evidence
+    elif storage_evidence:
+        kind, reasons = Kind.CPU, ["no GPU, no public address", *storage_evidence, "but no store engine here"]
     else:
         kind, reasons = Kind.CPU, ["no GPU, no public address, no persistent data volume"]
     return Role(kind, bool(edge_evidence) or kind == Kind.EDGE, bool(storage_evidence) or kind == Kind.STORAGE,

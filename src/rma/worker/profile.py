@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rma.catalog import BY_NAME, Kind
 from rma.protocol import Capabilities, Gpu
 from rma.services import DRIVERS
 from rma.worker.agent import Profile
@@ -13,8 +14,10 @@ from rma.worker.probe import Probe
 
 def build_profile(config: WorkerConfig, probe: Probe) -> tuple[Profile, list[str]]:
     hw = detect_hardware(probe, config.data_dir)
-    role = choose_role(config.worker_type, hw, public_url=config.public_url, persistent_data=config.persistent_data)
     by_service = engines_by_service(probe, DRIVERS, config.service_env)
+    stores = any(BY_NAME[name].kind == Kind.STORAGE for name in by_service)
+    role = choose_role(config.worker_type, hw, public_url=config.public_url, persistent_data=config.persistent_data,
+                       stores=stores)
     engines = sorted(name for names in by_service.values() for name in names)
     held = data_services(config.data_dir)
     capabilities = Capabilities(

@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/tier1.py
 	$(PY) bench/services.py
+	$(PY) bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -95,7 +95,7 @@ def test_nvidia_smi_rows_parse() -> None:
 
 
 def test_engines_need_an_implementation_and_the_binary() -> None:
-    own = ["rma-coordinator", "rma-edge-proxy", "rma-load-balancer"]
+    own = ["rma-coordinator", "rma-edge-proxy", "rma-load-balancer", "rma-notes-coa"]
     assert runnable_engines(LAPTOP) == own
     assert runnable_engines(machine(binaries=("redis-server", "postgres", "initdb"))) == [
         "postgres", "redis-server", *own]

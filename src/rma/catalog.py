@@ -77,7 +77,9 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "llm-inference", 1, Kind.GPU, 1, 8105,
         (
-            Engine("vllm", modules=("vllm",), gpu_memory_mb=8192, ram_mb=8192),
+            # The `vllm` program: vLLM pins its own torch and fastapi, so it lives in its own
+            # virtualenv (the GPU image's /opt/vllm) rather than beside rma.
+            Engine("vllm", binaries=("vllm",), gpu_memory_mb=8192, ram_mb=8192),
             Engine("llama-cpp", modules=("llama_cpp",), ram_mb=1024),
         ),
         HTTP,
@@ -85,7 +87,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "vision-ocr", 1, Kind.GPU, 1, 8104,
         (
-            Engine("vllm-vision", modules=("vllm",), gpu_memory_mb=8192, ram_mb=8192),
+            Engine("vllm-vision", binaries=("vllm",), gpu_memory_mb=8192, ram_mb=8192),
             Engine("tesseract", modules=("pytesseract",), binaries=("tesseract",), ram_mb=512),
         ),
         HTTP, retry_safe=True,

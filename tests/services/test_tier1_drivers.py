@@ -17,7 +17,7 @@ from rma.worker.probe import Probe
 from rma.worker.reconcile import diff
 
 TIER1 = ("llm-inference", "vision-ocr", "rag-embeddings")
-ENGINE_MODULES = ("rma", "vllm", "llama_cpp", "pytesseract", "sentence_transformers")
+ENGINE_MODULES = ("rma", "llama_cpp", "pytesseract", "sentence_transformers")
 
 
 def machine(modules: tuple[str, ...] = ENGINE_MODULES, binaries: tuple[str, ...] = ("tesseract",)) -> Probe:
@@ -49,7 +49,7 @@ def test_without_engine_modules_no_tier1_engine_is_reported() -> None:
 
 
 def test_vision_ocr_never_reports_the_vllm_engine_it_does_not_implement() -> None:
-    assert "vllm-vision" not in runnable_engines(machine())
+    assert "vllm-vision" not in runnable_engines(machine(binaries=("tesseract", "vllm")))
     assert "tesseract" not in runnable_engines(machine(binaries=()))  # pytesseract without the binary
 
 
@@ -59,8 +59,10 @@ def test_llm_engines_are_reported_only_with_their_model_on_disk(models: dict[str
     missing_gguf = {"MODEL_NAME": str(tmp_path / "absent.gguf")}
     assert "llm-inference" not in engines_by_service(machine(), DRIVERS, missing_gguf)
     cached = {"MODEL_NAME": "org/llm", "HF_HUB_CACHE": models["HF_HUB_CACHE"]}
-    assert "vllm" in engines_by_service(machine(), DRIVERS, cached).get("llm-inference", ())
-    assert "vllm" not in engines_by_service(machine(), DRIVERS, {"MODEL_NAME": "org/other"}).get("llm-inference", ())
+    gpu_image = machine(binaries=("tesseract", "vllm"))  # vLLM in its own virtualenv, its program on PATH
+    assert "vllm" in engines_by_service(gpu_image, DRIVERS, cached).get("llm-inference", ())
+    assert "vllm" not in engines_by_service(gpu_image, DRIVERS, {"MODEL_NAME": "org/other"}).get("llm-inference", ())
+    assert "vllm" not in engines_by_service(machine(), DRIVERS, cached).get("llm-inference", ())
 
 
 def test_cuda_embeddings_need_a_cuda_build_of_torch(models: dict[str, str]) -> None:

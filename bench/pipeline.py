@@ -35,6 +35,7 @@ import docx
 import httpx
 from fpdf import FPDF
 
+from proxy_overhead import play_worker, wait_http
 from rma.services import DRIVERS
 from rma.services.apps.documents import parse_document
 from rma.services.apps.money_ner import analyse, load_pipeline, spacy_model
@@ -89,18 +90,6 @@ def corpus(count: int) -> list[tuple[str, bytes]]:
             for i in range(count)]
 
 
-def wait_http(url: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer 200 within {timeout}s")
-
-
 @contextmanager
 def pool(threads: int, folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """A coordinator, the edge proxy and both services; yields the edge proxy's URL and each service's own."""
@@ -116,7 +105,7 @@ def pool(threads: int, folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
         coordinator = f"http://127.0.0.1:{port}"
         spawn((sys.executable, "-m", "rma", "coordinator", "--port", str(port), "--data-dir",
                str(folder / "coordinator"), "--heartbeat-interval", "1"))
-        wait_http(f"{coordinator}/health")
+        wait_http(f"{coordinator}/health", 180)
         ports = {}
         for name in ("document-processing", "ner-extraction"):
             ctx = Context("127.0.0.1", free_port("127.0.0.1"), folder / name, (coordinator,),
@@ -126,8 +115,9 @@ def pool(threads: int, folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
             spawn(launch.argv, dict(launch.env))
             ports[name] = ctx.port
         for service_port in ports.values():
-            wait_http(f"http://127.0.0.1:{service_port}/health")
-        threading.Thread(target=play_worker, args=(coordinator, ports, stop), daemon=True).start()
+            wait_http(f"http://127.0.0.1:{service_port}/health", 180)
+        threading.Thread(target=play_worker, args=(coordinator, ports, stop, ("spacy", "pdf-docx")),
+                         daemon=True).start()
         edge = free_port("127.0.0.1")
         spawn((sys.executable, "-m", "rma", "edge-proxy", "--port", str(edge), "--coordinator-url", coordinator),
               {"RMA_RATE_LIMIT": "0", "ROUTING_REFRESH_INTERVAL": "1"})
@@ -142,20 +132,6 @@ def pool(threads: int, folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
         for proc in procs:
             proc.wait(15)
         log.close()
-
-
-def play_worker(coordinator: str, ports: dict[str, int], stop: threading.Event) -> None:
-    """Register as a CPU worker running both services and report them healthy until `stop`."""
-    caps = {"worker_type": "cpu", "engines": ["spacy", "pdf-docx"], "cpu_cores": 2, "ram_mb": 8000}
-    with httpx.Client(base_url=coordinator, timeout=2) as client:
-        answer = client.post("/api/worker/register", json={"worker_id": "bench-pipeline",
-                                                           "advertise_host": "127.0.0.1", "capabilities": caps})
-        headers = {"authorization": f"Bearer {answer.json()['worker_token']}"}
-        beat = {"worker_id": "bench-pipeline",
-                "services_status": {service: {"state": "healthy", "port": port} for service, port in ports.items()}}
-        while not stop.is_set():
-            client.post("/api/worker/heartbeat", json=beat, headers=headers)
-            stop.wait(0.5)
 
 
 def rate(documents: list[tuple[str, bytes]], one: Callable[[tuple[str, bytes]], int], clients: int = 1) -> float:

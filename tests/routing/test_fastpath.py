@@ -4,21 +4,15 @@ an answer through it is the same answer (headers, streaming, failures) as throug
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 
+from procs import free_port
 from rma.routing.app import RoutingApp
 from rma.routing.fastpath import FastPath
 from rma.routing.gateway import Gateway, GatewaySettings
 from rma.routing.router import ServiceRouter
 from rma.routing.server import Request, serve_forever
 from rma.routing.table import CallableSource
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Backend:

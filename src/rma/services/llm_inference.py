@@ -23,8 +23,8 @@ LLAMA_CONTEXT = "4096"
 
 class LlmInference(ServiceDriver):
     name = "llm-inference"
-    engine = "llama-cpp"
     engines = (GPU_ENGINE, "llama-cpp")
+    engine = engines[-1]  # the CPU engine, the default
 
     def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
         if engine == GPU_ENGINE:

@@ -17,8 +17,8 @@ GPU_ENGINE = "sentence-transformers-cuda"
 
 class RagEmbeddings(ServiceDriver):
     name = "rag-embeddings"
-    engine = "sentence-transformers"
     engines = (GPU_ENGINE, "sentence-transformers")
+    engine = engines[-1]  # the CPU engine, the default
 
     def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
         if engine == GPU_ENGINE and not torch_has_cuda():

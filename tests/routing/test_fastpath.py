@@ -6,13 +6,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from procs import free_port
+from rma.routing import fastpath
+from rma.routing import router as router_module
 from rma.routing.app import RoutingApp
 from rma.routing.fastpath import FastPath
 from rma.routing.gateway import Gateway, GatewaySettings
 from rma.routing.router import ServiceRouter
 from rma.routing.server import Request, serve_forever
 from rma.routing.table import CallableSource
+
+ODD_ANSWERS = {
+    # an interim answer before the real one
+    b"/interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    # a Connection header naming a header that must not pass
+    b"/private": b"HTTP/1.1 200 OK\r\nconnection: x-private\r\nx-private: secret\r\ncontent-length: 2\r\n\r\nok",
+}
+
 
 
 class Backend:
@@ -39,6 +51,19 @@ class Backend:
                 if path.startswith(b"/die-mid"):
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10)
                     await writer.drain()
+                    writer.close()
+                    return
+                if path in ODD_ANSWERS:
+                    writer.write(ODD_ANSWERS[path])
+                    await writer.drain()
+                    continue
+                if path.startswith(b"/until-close"):  # no length, no chunks: the answer ends with the connection
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close")
+                    await writer.drain()
+                    writer.close()
+                    return
+                if path.startswith(b"/stall"):
+                    await asyncio.sleep(5)
                     writer.close()
                     return
                 if path.startswith(b"/events"):
@@ -218,3 +243,38 @@ def test_a_cors_preflight_is_the_gateways_to_answer_even_without_origins_configu
         assert taken[-1] is False and answer[0][0].startswith(b"HTTP/1.1 403")
         assert not any(head.startswith(b"OPTIONS") for head in backends[0].heads)
     run(test, gateway=GatewaySettings(rate_per_s=100))
+
+
+def test_answers_the_pass_through_cannot_carry_are_reframed_on_the_fast_path() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        await exchange(port, get("/service/ner/warm"))
+        interim = await exchange(port, get("/service/ner/interim"))
+        private = await exchange(port, get("/service/ner/private"))
+        await exchange(port, get("/service/ner/warm"))
+        until_close = await exchange(port, get("/service/ner/until-close"))
+        await exchange(port, get("/service/ner/warm"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # an HTTP/1.0 client
+        writer.write(b"GET /service/ner/kb HTTP/1.0\r\nhost: x\r\n\r\n")
+        old_client = await reader.read()  # the proxy closes after the answer
+        writer.close()
+        assert taken[1:] == [True, True, True, True, False, True]  # warming again after the closed one
+        assert interim[0][0].startswith(b"HTTP/1.1 200") and interim[0][1] == b"ok" and b"100" not in interim[0][0]
+        assert private[0][1] == b"ok" and b"x-private" not in private[0][0]
+        assert b"transfer-encoding: chunked" in until_close[0][0] and b"until close" in until_close[0][1]
+        assert old_client.endswith(b"b0 /kb") and b"connection: close" in old_client.lower()
+    run(test)
+
+
+def test_a_silent_replica_is_timed_out_by_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "SWEEP_S", 0.1)
+    monkeypatch.setattr(fastpath, "timeout_for", lambda service: 0.3)
+    monkeypatch.setattr(router_module, "timeout_for", lambda service: 0.3)
+
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        await exchange(port, get("/service/ner/warm"))
+        started = asyncio.get_running_loop().time()
+        answer = await exchange(port, get("/service/ner/stall"))
+        waited = asyncio.get_running_loop().time() - started
+        # the fast path gave up after ~0.3 s and handed the request on; the router's try timed out too
+        assert taken[-1] and answer[0][0].startswith(b"HTTP/1.1 504") and 0.5 < waited < 3
+    run(test)

@@ -90,6 +90,8 @@ class Balancer:
         """
         skip = set(exclude)
         candidates = [e for e in endpoints if e.url not in skip] if skip else endpoints
+        if len(candidates) == 1:
+            return candidates[0]  # admitted or not, the only one: see the panic mode above
         admitted = [e for e in candidates if self.health(e.url).admitted(now)]
         pool = admitted or candidates
         if len(pool) <= 1:

@@ -1,12 +1,16 @@
 """The routers' fast path: a plain request forwarded from socket to socket in event-loop callbacks.
 
 Profiled under wrk, most of a proxied request's cost was the machinery around the forwarding:
-a task per request, ASGI messages, futures and timers per wait. The common request (a body-less
-request that is safe to repeat, for a service with a replica and an idle pooled connection to it,
-that the gateway admits without anything to add) needs none of it: the head goes to the replica
-in one write, and the answer is written to the client as llhttp parses it, chunk by chunk, with
-back-pressure both ways. Everything else, and any attempt that fails before a byte of the answer
-reached the client, goes to the ASGI router, which retries on another replica.
+a task per request, ASGI messages, futures, a timer per request, a Python call per header. The
+common request (a body-less request that is safe to repeat, for a service with a replica and an
+idle pooled connection to it, that the gateway admits without anything to add) needs none of it.
+Its head goes to the replica in one write; the answer's bytes go to the client as they arrive,
+with llhttp only finding where the answer ends and the hop-by-hop header lines cut from its head.
+An answer that needs more (an interim 1xx, framing by the end of the connection, a client that
+asked to close, a `Connection` header naming other headers) is re-framed by `ParsedRelay`.
+Everything else, and any attempt that fails before a byte of the answer reached the client, goes
+to the ASGI router, which retries on another replica. One timer per router watches every
+forward for a silent replica.
 """
 
 from __future__ import annotations
@@ -14,15 +18,132 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import httptools
 from starlette.types import Message
 
 from rma.routing.gateway import Gateway
-from rma.routing.proxy import HOP_BY_HOP, Body, outgoing, retry_safe, timeout_for
+from rma.routing.proxy import HOP_BY_HOP, Body, answer_headers, forwarded, retry_safe, timeout_for
 from rma.routing.router import RouteError, ServiceRouter, resolve
 from rma.routing.server import Request
-from rma.routing.upstream import Connection, Exchange, UpstreamError
+from rma.routing.upstream import NO_BODY_STATUSES, Connection, Exchange, UpstreamError
 
 log = logging.getLogger("rma.routing")
+
+PREFIX = b"/service/"
+SWEEP_S = 1.0  # how often silent replicas are looked for: read timeouts are minutes, seconds at least
+# How each hop-by-hop header line of an answer's head starts, lowered (Transfer-Encoding stays: the
+# chunks pass as they are). `find` over the head is several times faster here than a regex.
+HOP_LINES = tuple(b"\r\n" + name + b":" for name in sorted(HOP_BY_HOP - {b"transfer-encoding"}))
+CONNECTION_LINE = b"\r\nconnection:"
+CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b""})
+
+
+def plain_head(head: bytes, complete: bool) -> bytes | None:
+    """`head` (status line and header lines, without the blank line) less its hop-by-hop lines, when
+    it can go to an HTTP/1.1 keep-alive client as it is: framed by length or by chunks (or
+    `complete`: no body follows), no folded lines, no `Connection` header naming headers of its
+    own. Else None."""
+    low = head.lower()
+    if b"\r\n " in low or b"\r\n\t" in low:
+        return None
+    length = b"\r\ncontent-length:" in low
+    encoding = low.find(b"\r\ntransfer-encoding:")
+    if encoding >= 0:
+        if length or _value(low, encoding, 20) != b"chunked":
+            return None
+    elif not (length or complete):
+        return None  # delimited by the end of the connection: ParsedRelay frames it in chunks
+    cuts = []
+    for line in HOP_LINES:
+        at = low.find(line)
+        while at >= 0:
+            stop = low.find(b"\r\n", at + 2)
+            stop = len(low) if stop < 0 else stop
+            if line == CONNECTION_LINE and {t.strip() for t in low[at + 13:stop].split(b",")} - CONNECTION_TOKENS:
+                return None
+            cuts.append((at, stop))
+            at = low.find(line, stop)
+    if not cuts:
+        return head
+    kept, start = [], 0
+    for at, stop in sorted(cuts):
+        kept.append(head[start:at])
+        start = stop
+    return b"".join(kept) + head[start:]
+
+
+def _value(low: bytes, at: int, name_length: int) -> bytes:
+    stop = low.find(b"\r\n", at + 2)
+    return low[at + name_length:stop if stop >= 0 else None].strip()
+
+class FastPath:
+    """Called by the server with each parsed request; True when it took the request."""
+
+    def __init__(self, router: ServiceRouter, gateway: Gateway | None = None) -> None:
+        self.router = router
+        self.gateway = gateway if gateway is not None and gateway.checks_headers else None  # else it admits all
+        self.services: dict[bytes, str | None] = {}  # the path's name segment → service (None: not routable)
+        self.relays: set[Forwarding] = set()  # forwards in flight, for the sweep
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    def __call__(self, request: Request) -> bool:
+        raw = request.raw_path
+        if request.has_body or request.expect_continue or not raw.startswith(PREFIX):
+            return False
+        name, _, rest = raw[len(PREFIX):].partition(b"/")
+        service = self.service(name)
+        if service is None:
+            return False
+        router = self.router
+        endpoints = router.source.current().endpoints(service)
+        if not endpoints or not retry_safe(service, request.method):
+            return False
+        now = router.clock()
+        endpoint = router.balancer.choose(endpoints, (), now)
+        conn = router.forwarder.pool.reused(endpoint.url) if endpoint is not None else None
+        if conn is None or endpoint is None:
+            return False  # the ASGI path connects, and leaves the connection in the pool for next time
+        if self.gateway is not None and not self.gateway.admits(request.scope):
+            router.forwarder.pool.put(conn)
+            return False
+        router.budget.request(now)
+        router.balancer.begin(endpoint.url)
+        client = request.conn.client
+        head = forwarded(request.method, "/" + rest.decode("latin-1"), request.query, request.headers,
+                         client[0] if client else None, "http", router.strip_headers).head(endpoint.url, NO_BODY)
+        relay = Relay(self, conn, request, endpoint.url, timeout_for(service))
+        request.cancel = relay.close
+        assert conn.transport is not None
+        conn.transport.write(head)
+        return True
+
+    def service(self, name: bytes) -> str | None:
+        """The routable service a path segment names, remembered (the catalogue does not change)."""
+        if name in self.services:
+            return self.services[name]
+        try:
+            service: str | None = resolve(name.decode("latin-1"), self.router.aliases) if name else None
+        except RouteError:
+            service = None  # the ASGI router answers it (404, 400)
+        if len(self.services) < 1024:  # names are the client's: a scan of random ones must not grow this
+            self.services[name] = service
+        return service
+
+    def watch(self, relay: Forwarding) -> None:
+        self.relays.add(relay)
+        if self.sweeper is None:
+            self.sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail each forward whose replica has sent nothing for its read timeout; one timer for all."""
+        self.sweeper = None
+        for relay in list(self.relays):
+            relay.idle = 0.0 if relay.fed else relay.idle + SWEEP_S
+            relay.fed = False
+            if relay.idle >= relay.read_timeout:
+                relay.timed_out()
+        if self.relays:
+            self.sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
 
 async def _no_receive() -> Message:
@@ -32,114 +153,53 @@ async def _no_receive() -> Message:
 NO_BODY = Body(_no_receive, b"")
 
 
-class FastPath:
-    """Called by the server with each parsed request; True when it took the request."""
+class Forwarding:
+    """What both relays share: failure handling, flow control towards the client, the sweep's fields."""
 
-    def __init__(self, router: ServiceRouter, gateway: Gateway | None = None) -> None:
-        self.router = router
-        self.gateway = gateway
-        self.loop: asyncio.AbstractEventLoop | None = None  # looked up once: each lookup is a getpid() on 3.11
+    conn: Connection
+    complete: bool
 
-    def __call__(self, request: Request) -> bool:
-        scope = request.scope
-        if not scope["raw_path"].startswith(b"/service/") or request.expect_continue:
-            return False
-        if any(k == b"content-length" and v != b"0" or k == b"transfer-encoding" for k, v in scope["headers"]):
-            return False
-        router = self.router
-        try:
-            name, rest = router.split(scope)
-            service = resolve(name, router.aliases)
-        except RouteError:
-            return False
-        endpoints = router.source.current().endpoints(service)
-        if not endpoints or not retry_safe(service, scope["method"]):
-            return False
-        now = router.clock()
-        endpoint = router.balancer.choose(endpoints, (), now)
-        conn = router.forwarder.pool.reused(endpoint.url) if endpoint is not None else None
-        if conn is None or endpoint is None:
-            return False  # the ASGI path connects, and leaves the connection in the pool for next time
-        if self.gateway is not None and not self.gateway.admits(scope):
-            router.forwarder.pool.put(conn)
-            return False
-        router.budget.request(now)
-        router.balancer.begin(endpoint.url)
-        head = outgoing(scope, rest, router.strip_headers).head(endpoint.url, NO_BODY)
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-        Relay(conn, router, request, endpoint.url, timeout_for(service), self.loop).send_head(head)
-        return True
-
-
-class Relay(Exchange):
-    """One forwarded exchange whose answer goes straight to the client as the parser yields it."""
-
-    def __init__(self, conn: Connection, router: ServiceRouter, request: Request, url: str, timeout: float,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(conn, router.forwarder.pool, request.head_only, timeout)
-        self.router = router
+    def __init__(self, fast: FastPath, conn: Connection, request: Request, url: str, timeout: float) -> None:
+        self.fast = fast
+        self.router = fast.router
+        self.conn = conn
         self.request = request
         self.url = url
-        self.loop = loop
-        self.active_at = self.loop.time()
-        self.timer: asyncio.TimerHandle | None = None
+        self.read_timeout = timeout
+        self.fed = False  # bytes came since the last sweep
+        self.idle = 0.0
         self.ended = False
+        fast.watch(self)
 
-    def send_head(self, head: bytes) -> None:
-        self.request.cancel = self.close
-        assert self.conn.transport is not None
-        self.conn.transport.write(head)
-        self.timer = self.loop.call_later(self.read_timeout, self._check_timeout)
+    def release(self) -> None:
+        """Return the replica's connection to the pool after a complete answer, else close it."""
+        raise NotImplementedError
 
-    def feed(self, data: bytes) -> None:
-        self.active_at = self.loop.time()
-        super().feed(data)
+    def close(self) -> None:
+        """The client left: drop the replica's connection (it may still be generating)."""
+        self.conn.abort()
+        self._fail(UpstreamError("closed"))
 
-    def _check_timeout(self) -> None:
-        idle = self.loop.time() - self.active_at
-        if idle < self.read_timeout:
-            self.timer = self.loop.call_later(self.read_timeout - idle, self._check_timeout)
-            return
-        self.timer = None
+    def timed_out(self) -> None:
         self._fail(UpstreamError(f"the replica sent nothing for {self.read_timeout:g}s"))
         self.conn.abort()
 
-    # llhttp callbacks: the answer goes out as it comes
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        if not self.headers_done:
-            return  # an interim 1xx answer
-        self.router.balancer.answered(self.url, self.status, self.router.clock())
-        self.request.start_response(self.status, [(k, v) for k, v in self.headers if k not in HOP_BY_HOP])
-        if self.complete:
-            self._end()
+    def _to_client(self, data: bytes) -> None:
+        self.request.conn.write(data)
+        self._throttle()
 
-    def on_body(self, body: bytes) -> None:
-        if self.ended:
-            return
-        self.request.write_body(body, True)
+    def _throttle(self) -> None:
+        """Stop reading the replica while the client reads slower than it writes."""
         client = self.request.conn
-        if client.writable is not None and self.conn.transport is not None and client.on_writable is None:
-            self.conn.transport.pause_reading()  # the client reads slower than the replica writes
+        if client.writable is not None and client.on_writable is None and self.conn.transport is not None:
+            self.conn.transport.pause_reading()
             client.on_writable = self._resume
 
     def _resume(self) -> None:
         if not self.ended and self.conn.transport is not None:
             self.conn.transport.resume_reading()
 
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        if self.complete:
-            self._end()
-
-    def lost(self, exc: Exception | None) -> None:
-        super().lost(exc)
-        if self.complete:
-            self._end()
-
     def _fail(self, error: UpstreamError) -> None:
-        super()._fail(error)
         if self.ended:
             return
         self._close_out()
@@ -162,10 +222,137 @@ class Relay(Exchange):
             self.request.write_body(b"", False)
 
     def _close_out(self) -> None:
-        """Once per exchange: stop the timer, count the request done, return or drop the connection."""
-        self.ended = True
-        self.request.cancel = None
-        if self.timer is not None:
-            self.timer.cancel()
+        """Once per exchange: stop watching, count the request done, return or drop the connection."""
+        self._stop_watching()
         self.router.balancer.end(self.url)
         self.release()
+
+    def _stop_watching(self) -> None:
+        self.ended = True
+        self.request.cancel = None
+        self.fast.relays.discard(self)
+
+
+class Relay(Forwarding):
+    """The answer's bytes go to the client as they come; llhttp (no per-header callbacks) frames them."""
+
+    def __init__(self, fast: FastPath, conn: Connection, request: Request, url: str, timeout: float) -> None:
+        super().__init__(fast, conn, request, url, timeout)
+        self.parser = httptools.HttpResponseParser(self)
+        self.head = b""  # the answer until its head is complete and sent
+        self.head_sent = False
+        self.interim = False
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.status = 0
+        conn.exchange = self
+
+    # llhttp callbacks: only these, so llhttp runs in C between them
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.interim = True
+            return
+        self.status = status
+        self.headers_done = True
+        if self.request.head_only or status in NO_BODY_STATUSES:
+            self.complete, self.keep_alive = True, self.parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        if self.headers_done and not self.complete:
+            self.complete, self.keep_alive = True, self.parser.should_keep_alive()
+
+    # the replica's connection
+    def feed(self, data: bytes) -> None:
+        self.fed = True
+        if self.complete:
+            self.conn.abort()  # more than the answer: not safe to reuse
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(UpstreamError(f"bad answer from the replica: {error}"))
+            self.conn.abort()
+            return
+        if self.head_sent:
+            self._to_client(data)
+        else:
+            self.head += data
+            if not (self.headers_done or self.interim) or not self._send_head():
+                return
+        if self.complete:
+            self._end()
+
+    def lost(self, exc: Exception | None) -> None:
+        if not self.complete:
+            self._fail(UpstreamError(f"the replica closed the connection ({exc or 'EOF'})"))
+
+    def _send_head(self) -> bool:
+        """The head, less its hop-by-hop lines, and what followed it; False when ParsedRelay took over."""
+        end = self.head.find(b"\r\n\r\n")
+        request = self.request
+        plain = None
+        if not self.interim and request.keep_alive and request.http_version == "1.1":
+            plain = plain_head(self.head[:end], self.complete)
+        if plain is None:
+            self._stop_watching()
+            ParsedRelay(self.fast, self.conn, request, self.url, self.read_timeout).feed(self.head)
+            return False
+        self.router.balancer.answered(self.url, self.status, self.router.clock())
+        self.head_sent = request.started = True
+        self._to_client(plain + self.head[end:])
+        self.head = b""
+        return True
+
+    def release(self) -> None:
+        self.conn.exchange = None
+        if self.complete and self.keep_alive and not self.conn.closed:
+            self.router.forwarder.pool.put(self.conn)
+        else:
+            self.conn.abort()
+
+
+class ParsedRelay(Forwarding, Exchange):
+    """The answer parsed and re-framed for the client: what the plain pass-through cannot carry."""
+
+    def __init__(self, fast: FastPath, conn: Connection, request: Request, url: str, timeout: float) -> None:
+        Exchange.__init__(self, conn, fast.router.forwarder.pool, request.head_only, timeout)
+        Forwarding.__init__(self, fast, conn, request, url, timeout)
+
+    def feed(self, data: bytes) -> None:
+        self.fed = True
+        super().feed(data)
+
+    def release(self) -> None:
+        Exchange.release(self)
+
+    # llhttp callbacks: the answer goes out as it comes
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if not self.headers_done:
+            return  # an interim answer
+        self.router.balancer.answered(self.url, self.status, self.router.clock())
+        self.request.start_response(self.status, answer_headers(self.headers))
+        if self.complete:
+            self._end()
+
+    def on_body(self, body: bytes) -> None:
+        if self.ended:
+            return
+        self.request.write_body(body, True)
+        self._throttle()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.complete:
+            self._end()
+
+    def lost(self, exc: Exception | None) -> None:
+        super().lost(exc)
+        if self.complete:
+            self._end()
+
+    def _fail(self, error: UpstreamError) -> None:
+        Exchange._fail(self, error)
+        Forwarding._fail(self, error)

@@ -116,7 +116,7 @@ class Outgoing:
 
     def head(self, base_url: str, body: Body) -> bytes:
         """The request line and headers for one replica: Host is the replica's, framing fits the body."""
-        lines = b"".join(b"%s: %s\r\n" % pair for pair in self.headers)
+        lines = b"".join([key + b": " + value + b"\r\n" for key, value in self.headers])
         if self.length is None and body.data is None:
             lines += b"transfer-encoding: chunked\r\n"
         elif self.length is None and (body.data or self.method in BODY_METHODS):
@@ -126,41 +126,57 @@ class Outgoing:
                                                           host, lines)
 
 
+def answer_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An answer's headers for the client: less hop-by-hop ones and those its `Connection` names."""
+    named = {token.strip().lower() for key, value in headers if key == b"connection" for token in value.split(b",")}
+    skip = HOP_BY_HOP | named if named else HOP_BY_HOP
+    return [(k, v) for k, v in headers if k not in skip]
+
+
 def outgoing(scope: Scope, path: str, drop: frozenset[bytes] = frozenset()) -> Outgoing:
     """Copy the client's request minus hop-by-hop headers, add X-Forwarded-*; Host is set per replica."""
+    client = scope.get("client")
+    return forwarded(scope["method"], path, scope.get("query_string", b""), scope["headers"],
+                     client[0] if client else None, scope.get("scheme", "http"), drop)
+
+
+def forwarded(method: str, path: str, query: bytes, client_headers: list[tuple[bytes, bytes]],
+              client_ip: str | None, scheme: str, drop: frozenset[bytes]) -> Outgoing:
+    """`outgoing` from the request's parts, for the fast path, which has no ASGI scope."""
+    skip = HOP_BY_HOP | drop if drop else HOP_BY_HOP
     named: set[bytes] = set()
-    forwarded_for = b""
+    forwarded_for = original_host = b""
     headers: list[tuple[bytes, bytes]] = []
     has_proto = has_host = False
-    original_host = b""
-    for key, value in scope["headers"]:
-        if key == b"connection":
-            named.update(t.strip().lower().encode() for t in value.decode("latin-1").split(","))
+    length = None
+    for key, value in client_headers:
+        if key in skip:
+            if key == b"connection":
+                named.update(t.strip().lower().encode() for t in value.decode("latin-1").split(","))
         elif key == b"x-forwarded-for":
             forwarded_for = value
-            continue
         elif key == b"host":
             original_host = value
-            continue
-        has_proto = has_proto or key == b"x-forwarded-proto"
-        has_host = has_host or key == b"x-forwarded-host"
-        headers.append((key, value))
-    skip = HOP_BY_HOP | named | drop
-    headers = [(k, v) for k, v in headers if k not in skip]
-    client = scope.get("client")
-    if client:
-        ip = client[0].encode()
+        else:
+            if key == b"content-length":
+                length = int(value) if value.isdigit() else None
+            has_proto = has_proto or key == b"x-forwarded-proto"
+            has_host = has_host or key == b"x-forwarded-host"
+            headers.append((key, value))
+    if named - skip:
+        headers = [(k, v) for k, v in headers if k not in named]
+        length = length if b"content-length" not in named else None
+    if client_ip:
+        ip = client_ip.encode()
         headers.append((b"x-forwarded-for", forwarded_for + b", " + ip if forwarded_for else ip))
     elif forwarded_for:
         headers.append((b"x-forwarded-for", forwarded_for))
     if not has_proto:
-        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+        headers.append((b"x-forwarded-proto", scheme.encode()))
     if not has_host and original_host:
         headers.append((b"x-forwarded-host", original_host))
-    query = scope.get("query_string", b"")
     target = path + ("?" + query.decode("latin-1") if query else "")
-    length = next((int(v) for k, v in headers if k == b"content-length" and v.isdigit()), None)
-    return Outgoing(scope["method"], target, headers, length)
+    return Outgoing(method, target, headers, length)
 
 
 class Forwarder:
@@ -208,8 +224,8 @@ class Forwarder:
         if response.content_length is None and not response.complete:
             watcher = asyncio.create_task(_close_on_disconnect(receive, response))
         try:
-            headers = [(k, v) for k, v in response.headers if k not in HOP_BY_HOP]
-            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": answer_headers(response.headers)})
             if response.content_length is not None and response.content_length <= SMALL_ANSWER:
                 # One write for a small answer of known length: half the ASGI sends on the hot path.
                 await send({"type": "http.response.body", "body": await response.read(), "more_body": False})

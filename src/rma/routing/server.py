@@ -34,14 +34,31 @@ BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: clo
 
 
 class Request:
-    """One request's ASGI side: its body queue (receive) and its response state (send)."""
+    """One request's ASGI side: its body queue (receive) and its response state (send).
 
-    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
+    The ASGI scope is built only when the app runs: the fast path forwards from the parsed fields.
+    """
+
+    def __init__(self, conn: HttpProtocol, method: str, raw_path: bytes, query: bytes,
+                 headers: list[tuple[bytes, bytes]], http_version: str, keep_alive: bool) -> None:
         self.conn = conn
-        self.scope = scope
+        self.method = method
+        self.raw_path = raw_path
+        self.query = query
+        self.headers = headers
+        self.http_version = http_version
         self.keep_alive = keep_alive
-        self.expect_continue = expect_continue
-        self.head_only = scope["method"] == "HEAD"
+        self.expect_continue = False
+        self.has_body = False  # a Content-Length above 0, or Transfer-Encoding
+        for name, value in headers:
+            if name == b"content-length":
+                self.has_body = self.has_body or value != b"0"
+            elif name == b"transfer-encoding":
+                self.has_body = True
+            elif name == b"expect":
+                self.expect_continue = value.lower() == b"100-continue"
+        self.head_only = method == "HEAD"
+        self._scope: dict[str, Any] | None = None
         self.body: deque[bytes] = deque()
         self.buffered = 0
         self.body_done = False
@@ -51,6 +68,17 @@ class Request:
         self.chunked = False
         self.head = b""  # the response head, written with the first body message
         self.cancel: Callable[[], None] | None = None  # stops a fast-path forward when the client goes
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        if self._scope is None:
+            self._scope = {
+                "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+                "http_version": self.http_version, "method": self.method, "scheme": "http",
+                "path": _unquote(self.raw_path), "raw_path": self.raw_path, "query_string": self.query,
+                "root_path": "", "headers": self.headers, "client": self.conn.client, "server": self.conn.server,
+            }
+        return self._scope
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -126,7 +154,7 @@ class Request:
             lines.append(b"%s: %s\r\n" % (name, value))
             framed = framed or name.lower() == b"content-length"
         if not framed:
-            if self.scope["http_version"] == "1.1":
+            if self.http_version == "1.1":
                 self.chunked = not self.head_only
                 lines.append(b"transfer-encoding: chunked\r\n")
             else:
@@ -205,15 +233,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parsed = httptools.parse_url(self.url)
-        path = parsed.path or b"/"
-        scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": self.parser.get_http_version(), "method": self.parser.get_method().decode("ascii"),
-            "scheme": "http", "path": _unquote(path), "raw_path": path, "query_string": parsed.query or b"",
-            "root_path": "", "headers": self.headers, "client": self.client, "server": self.server,
-        }
-        expect = any(k == b"expect" and v.lower() == b"100-continue" for k, v in self.headers)
-        request = Request(self, scope, self.parser.should_keep_alive(), expect)
+        parser = self.parser
+        request = Request(self, parser.get_method().decode("ascii"), parsed.path or b"/", parsed.query or b"",
+                          self.headers, parser.get_http_version(), parser.should_keep_alive())
         self.parsing = request
         self.queue.append(request)
         if len(self.queue) == 1:
@@ -252,7 +274,8 @@ class HttpProtocol(asyncio.Protocol):
     def _ended(self, request: Request, task: asyncio.Task[None]) -> None:
         error = None if task.cancelled() else task.exception()
         if error is not None:
-            log.error("the app failed on %s %s", request.scope["method"], request.scope["path"], exc_info=error)
+            log.error("the app failed on %s %s", request.method, request.raw_path.decode("latin-1"),
+                      exc_info=error)
         if not request.finished:
             if not request.started and not self.lost:
                 self.write(SERVER_ERROR)

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -32,6 +32,14 @@ class UpstreamError(Exception):
         self.connect = connect
 
 
+class Receiver(Protocol):
+    """What reads a connection's answer: an Exchange, or the fast path's relays."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def lost(self, exc: Exception | None) -> None: ...
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection; parses one answer at a time (a fresh llhttp parser per answer)."""
 
@@ -41,7 +49,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._writable: asyncio.Future[None] | None = None
-        self.exchange: Exchange | None = None
+        self.exchange: Receiver | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, only alike

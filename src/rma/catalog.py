@@ -28,6 +28,7 @@ class Engine:
     binaries: tuple[str, ...] = ()
     gpu_memory_mb: int = 0
     ram_mb: int = 256
+    start_s: float = 0.0  # how long loading may take before it is healthy; 0: the worker's default
 
     @property
     def needs_gpu(self) -> bool:
@@ -79,7 +80,8 @@ SERVICES: tuple[Service, ...] = (
         (
             # The `vllm` program: vLLM pins its own torch and fastapi, so it lives in its own
             # virtualenv (the GPU image's /opt/vllm) rather than beside rma.
-            Engine("vllm", binaries=("vllm",), gpu_memory_mb=8192, ram_mb=8192),
+            # vLLM loads weights, then compiles and captures CUDA graphs: minutes on a cold start.
+            Engine("vllm", binaries=("vllm",), gpu_memory_mb=8192, ram_mb=8192, start_s=900),
             Engine("llama-cpp", modules=("llama_cpp",), ram_mb=1024),
         ),
         HTTP,
@@ -87,7 +89,8 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "vision-ocr", 1, Kind.GPU, 1, 8104,
         (
-            Engine("vllm-vision", binaries=("vllm",), gpu_memory_mb=8192, ram_mb=8192),
+            # LLaVA 1.5 7B: 14 GB of fp16 weights before its KV cache.
+            Engine("vllm-vision", binaries=("vllm",), gpu_memory_mb=16384, ram_mb=8192, start_s=900),
             Engine("tesseract", modules=("pytesseract",), binaries=("tesseract",), ram_mb=512),
         ),
         HTTP, retry_safe=True,

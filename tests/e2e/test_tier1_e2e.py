@@ -30,7 +30,8 @@ def test_cpu_worker_serves_tier1_through_the_edge_proxy(processes: list[RmaProce
     start_worker(processes, tmp_path, url, "edge", "w-edge")
     engines = wait_until(lambda: workers(url).get("w-cpu", {}).get("capabilities", {}).get("engines"), 30,
                          what="the cpu worker's engines")
-    assert {"sentence-transformers", "tesseract", "llama-cpp"} <= set(engines) and "vllm-vision" not in engines
+    assert {"sentence-transformers", "tesseract", "llama-cpp"} <= set(engines)
+    assert "vllm-vision" not in engines  # no `vllm` program here: the GPU engine is not offered
     for service in ("rag-embeddings", "vision-ocr", "llm-inference"):
         wait_until(lambda s=service: healthy_replica(url, s), 150, 0.5, what=f"{service} healthy:\n{worker.log()}")
     edge = wait_until(lambda: healthy_replica(url, "edge-proxy"), 60, 0.5, what="the edge proxy healthy")["url"]

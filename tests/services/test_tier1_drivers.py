@@ -12,6 +12,7 @@ from rma.catalog import get
 from rma.protocol import ServiceConfig
 from rma.services import DRIVERS
 from rma.services.base import Context, cpu_threads
+from rma.worker.config import service_env
 from rma.worker.engines import engines_by_service, runnable_engines
 from rma.worker.probe import Probe
 from rma.worker.reconcile import diff
@@ -48,9 +49,27 @@ def test_without_engine_modules_no_tier1_engine_is_reported() -> None:
     assert not set(found) & set(TIER1)
 
 
-def test_vision_ocr_never_reports_the_vllm_engine_it_does_not_implement() -> None:
-    assert "vllm-vision" not in runnable_engines(machine(binaries=("tesseract", "vllm")))
+def test_vision_ocr_offers_vllm_vision_only_with_vllm_and_its_model_on_disk(models: dict[str, str]) -> None:
+    hub = Path(models["HF_HUB_CACHE"])
+    gpu_image = machine(binaries=("tesseract", "vllm"))
+    cached = {"VISION_MODEL_NAME": "org/llm", "HF_HUB_CACHE": str(hub)}
+    assert engines_by_service(gpu_image, DRIVERS, cached)["vision-ocr"] == ("vllm-vision", "tesseract")
+    assert engines_by_service(machine(), DRIVERS, cached)["vision-ocr"] == ("tesseract",)  # no `vllm` program
+    absent = {"VISION_MODEL_NAME": "org/other", "HF_HUB_CACHE": str(hub)}
+    assert engines_by_service(gpu_image, DRIVERS, absent)["vision-ocr"] == ("tesseract",)
+    folder = {"VISION_MODEL_NAME": models["st"]}  # a local folder is on disk too
+    assert "vllm-vision" in engines_by_service(gpu_image, DRIVERS, folder)["vision-ocr"]
+    # MODEL_NAME is the LLM's; without VISION_MODEL_NAME the engine needs LLaVA 1.5 in the cache.
+    llm_only = {"MODEL_NAME": "org/llm", "HF_HUB_CACHE": str(hub)}
+    assert engines_by_service(gpu_image, DRIVERS, llm_only)["vision-ocr"] == ("tesseract",)
+    (hub / "models--llava-hf--llava-1.5-7b-hf" / "snapshots").mkdir(parents=True)
+    assert "vllm-vision" in engines_by_service(gpu_image, DRIVERS, llm_only)["vision-ocr"]
     assert "tesseract" not in runnable_engines(machine(binaries=()))  # pytesseract without the binary
+
+
+def test_the_worker_hands_vision_ocr_its_model_and_the_hub_cache() -> None:
+    environ = {"VISION_MODEL_NAME": "org/vlm", "HF_HOME": "/models/hf", "HF_HUB_CACHE": "/models/hub", "OTHER": "x"}
+    assert service_env(environ, None) == {k: v for k, v in environ.items() if k != "OTHER"}
 
 
 def test_llm_engines_are_reported_only_with_their_model_on_disk(models: dict[str, str], tmp_path: Path) -> None:
@@ -79,6 +98,28 @@ def test_vllm_command_carries_the_seed_variables(tmp_path: Path) -> None:
     assert launch.argv == ("vllm", "serve", "meta-llama/Llama-3.2-3B-Instruct", "--host", "0.0.0.0", "--port", "8105",
                            "--gpu-memory-utilization", "0.5", "--max-model-len", "2048")
     assert launch.env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_vllm_vision_command_wraps_vllm_serve_in_the_ocr_app(tmp_path: Path) -> None:
+    env = {"VISION_MODEL_NAME": "org/vlm", "MODEL_NAME": "org/llm", "GPU_MEMORY_UTILIZATION": "0.4",
+           "MAX_MODEL_LEN": "2048"}
+    launch = DRIVERS["vision-ocr"].launch(Context("0.0.0.0", 8104, tmp_path, env=env, engine="vllm-vision"))
+    assert launch.argv == (sys.executable, "-m", "rma.services.apps.vlm_ocr", "--host", "0.0.0.0", "--port", "8104",
+                           "--", "vllm", "serve", "org/vlm", "--gpu-memory-utilization", "0.4",
+                           "--max-model-len", "2048", "--limit-mm-per-prompt", '{"image": 1}')
+    assert launch.env == {"HF_HUB_OFFLINE": "1"} and launch.cwd == tmp_path
+    default = DRIVERS["vision-ocr"].launch(Context("127.0.0.1", 8104, tmp_path, engine="vllm-vision")).argv
+    assert default[default.index("serve") + 1:] == ("llava-hf/llava-1.5-7b-hf", "--gpu-memory-utilization", "0.90",
+                                                    "--max-model-len", "4096", "--limit-mm-per-prompt", '{"image": 1}')
+
+
+def test_tesseract_command_reads_pages_on_the_cpu_share(tmp_path: Path) -> None:
+    for engine in ("tesseract", None):
+        ctx = Context("127.0.0.1", 9104, tmp_path, env={"OMP_NUM_THREADS": "3"}, engine=engine)
+        launch = DRIVERS["vision-ocr"].launch(ctx)
+        assert launch.argv == (sys.executable, "-m", "rma.services.apps.ocr", "--host", "127.0.0.1", "--port", "9104",
+                               "--threads", "3")
+        assert launch.env == {"OMP_THREAD_LIMIT": "1"}
 
 
 def test_llama_command_serves_the_gguf_on_the_cpu_share(models: dict[str, str], tmp_path: Path) -> None:

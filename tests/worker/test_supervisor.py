@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from rma.services import DRIVERS
-from rma.services.base import Context, Launch
+from rma.services.base import Context, Launch, ServiceDriver
 from rma.services.redis import Redis
 from rma.worker.supervisor import Placement, State, Supervisor
 
@@ -123,3 +123,31 @@ def test_stop_ends_the_whole_process_tree(tmp_path: Path) -> None:
     asyncio.run(supervised(sup, body))
     gone, alive = psutil.wait_procs(tree, timeout=3)
     assert not alive
+
+
+class NeverReady(ServiceDriver):
+    """llm-inference that never answers its health check: a model still loading."""
+
+    name = "llm-inference"
+    engines = ("vllm", "llama-cpp")
+    engine = "llama-cpp"
+
+    def launch(self, ctx: Context) -> Launch:
+        return Launch(("sleep", "30"))
+
+    async def healthy(self, ctx: Context) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(("engine", "still_loading"), [("vllm", True), ("llama-cpp", False)])
+def test_an_engine_that_loads_for_minutes_gets_its_catalogue_start_time(
+        placement: Placement, engine: str, still_loading: bool) -> None:
+    sup = Supervisor(NeverReady(), replace(placement, engine=engine), replace(FAST, start_timeout_s=0.3))
+
+    async def body() -> None:
+        await until(lambda: sup.status.pid is not None)
+        first = sup.status.pid
+        await asyncio.sleep(1.5)
+        assert (sup.status.state == State.STARTING and sup.status.pid == first) is still_loading
+
+    asyncio.run(supervised(sup, body))

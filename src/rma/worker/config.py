@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-# The seed's service variables: handed to every service the worker starts.
+# The seed's service variables, and ours beside them: handed to every service the worker starts.
+# HF_HOME and HF_HUB_CACHE say where the vLLM engines' models are, which decides whether they are offered.
 SERVICE_VARIABLES = (
     "MODEL_NAME", "GPU_MEMORY_UTILIZATION", "MAX_MODEL_LEN", "CHROMADB_HOST", "CHROMADB_PORT",
     "NEO4J_URI", "REDIS_HOST", "LOAD_BALANCER_PORT", "EDGE_PROXY_PORT", "RMA_ADMIN_TOKEN", "SPACY_MODEL",
+    "VISION_MODEL_NAME", "HF_HOME", "HF_HUB_CACHE",
 )
 
 

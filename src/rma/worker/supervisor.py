@@ -164,6 +164,8 @@ class Supervisor:
     async def _watch(self, proc: asyncio.subprocess.Process, ctx: Context) -> tuple[str, bool]:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        engine = self.driver.service.engine(ctx.engine or self.driver.engine)
+        start_limit = max(self.policy.start_timeout_s, engine.start_s)
         bad_since: float | None = None
         was_healthy = False
         exited = asyncio.ensure_future(proc.wait())
@@ -178,8 +180,8 @@ class Supervisor:
                     was_healthy, bad_since = True, None
                     self._set(State.HEALTHY)
                 elif not was_healthy:
-                    if now - started > self.policy.start_timeout_s:
-                        return f"not healthy {self.policy.start_timeout_s:g}s after start", False
+                    if now - started > start_limit:
+                        return f"not healthy {start_limit:g}s after start", False
                 else:
                     bad_since = bad_since or now
                     self._set(State.UNHEALTHY, "health check failing")

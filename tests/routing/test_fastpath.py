@@ -278,3 +278,20 @@ def test_a_silent_replica_is_timed_out_by_the_sweep(monkeypatch: pytest.MonkeyPa
         # the fast path gave up after ~0.3 s and handed the request on; the router's try timed out too
         assert taken[-1] and answer[0][0].startswith(b"HTTP/1.1 504") and 0.5 < waited < 3
     run(test)
+
+
+@pytest.mark.parametrize(("head", "complete", "passed"), [
+    (b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\nContent-Length: 3\r\nKeep-Alive: timeout=5", False,
+     b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 3"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close", False,
+     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"),
+    (b"HTTP/1.1 204 No Content\r\nX: y", True, b"HTTP/1.1 204 No Content\r\nX: y"),
+    (b"HTTP/1.1 200 OK\r\nConnection: close, x-private\r\nContent-Length: 3", False, None),  # names a header
+    (b"HTTP/1.1 200 OK\r\nX: y", False, None),  # ends with the connection
+    (b"HTTP/1.1 200 OK\r\nX: y\r\n folded\r\nContent-Length: 1", False, None),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked", False, None),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5", False, None),  # ambiguous framing
+])
+def test_an_answer_head_passes_as_it_is_less_hop_by_hop_lines_only_when_plain(
+        head: bytes, complete: bool, passed: bytes | None) -> None:
+    assert fastpath.plain_head(head, complete) == passed

@@ -105,12 +105,12 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outgoing:
     """What goes to the backend, built once per client request and reused by retries."""
 
     method: str
-    target: str  # /path?query, as the client sent it below /service/{name}
+    target: bytes  # /path?query, as the client sent it below /service/{name}
     headers: list[tuple[bytes, bytes]]
     length: int | None = None  # the client's Content-Length: its body goes out raw, else chunked
 
@@ -121,9 +121,8 @@ class Outgoing:
             lines += b"transfer-encoding: chunked\r\n"
         elif self.length is None and (body.data or self.method in BODY_METHODS):
             lines += b"content-length: %d\r\n" % len(body.data or b"")
-        host = base_url.split("://", 1)[-1].encode()
-        return b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (self.method.encode(), self.target.encode("latin-1"),
-                                                          host, lines)
+        host = base_url.partition("://")[2].encode()
+        return self.method.encode() + b" " + self.target + b" HTTP/1.1\r\nhost: " + host + b"\r\n" + lines + b"\r\n"
 
 
 def answer_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -136,11 +135,11 @@ def answer_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
 def outgoing(scope: Scope, path: str, drop: frozenset[bytes] = frozenset()) -> Outgoing:
     """Copy the client's request minus hop-by-hop headers, add X-Forwarded-*; Host is set per replica."""
     client = scope.get("client")
-    return forwarded(scope["method"], path, scope.get("query_string", b""), scope["headers"],
+    return forwarded(scope["method"], path.encode("latin-1"), scope.get("query_string", b""), scope["headers"],
                      client[0] if client else None, scope.get("scheme", "http"), drop)
 
 
-def forwarded(method: str, path: str, query: bytes, client_headers: list[tuple[bytes, bytes]],
+def forwarded(method: str, path: bytes, query: bytes, client_headers: list[tuple[bytes, bytes]],
               client_ip: str | None, scheme: str, drop: frozenset[bytes]) -> Outgoing:
     """`outgoing` from the request's parts, for the fast path, which has no ASGI scope."""
     skip = HOP_BY_HOP | drop if drop else HOP_BY_HOP
@@ -152,7 +151,7 @@ def forwarded(method: str, path: str, query: bytes, client_headers: list[tuple[b
     for key, value in client_headers:
         if key in skip:
             if key == b"connection":
-                named.update(t.strip().lower().encode() for t in value.decode("latin-1").split(","))
+                named.update(token.strip() for token in value.lower().split(b","))
         elif key == b"x-forwarded-for":
             forwarded_for = value
         elif key == b"host":
@@ -175,7 +174,7 @@ def forwarded(method: str, path: str, query: bytes, client_headers: list[tuple[b
         headers.append((b"x-forwarded-proto", scheme.encode()))
     if not has_host and original_host:
         headers.append((b"x-forwarded-host", original_host))
-    target = path + ("?" + query.decode("latin-1") if query else "")
+    target = path + b"?" + query if query else path
     return Outgoing(method, target, headers, length)
 
 

@@ -39,6 +39,10 @@ class Request:
     The ASGI scope is built only when the app runs: the fast path forwards from the parsed fields.
     """
 
+    __slots__ = ("conn", "method", "raw_path", "query", "headers", "http_version", "keep_alive", "expect_continue",
+                 "has_body", "head_only", "_scope", "body", "buffered", "body_done", "waiter", "started", "finished",
+                 "chunked", "head", "cancel")
+
     def __init__(self, conn: HttpProtocol, method: str, raw_path: bytes, query: bytes,
                  headers: list[tuple[bytes, bytes]], http_version: str, keep_alive: bool) -> None:
         self.conn = conn
@@ -232,10 +236,15 @@ class HttpProtocol(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        parsed = httptools.parse_url(self.url)
+        url = self.url
+        if url.startswith(b"/") and b"#" not in url:  # origin form, the usual: no parser needed
+            path, _, query = url.partition(b"?")
+        else:
+            parsed = httptools.parse_url(url)
+            path, query = parsed.path or b"/", parsed.query or b""
         parser = self.parser
-        request = Request(self, parser.get_method().decode("ascii"), parsed.path or b"/", parsed.query or b"",
-                          self.headers, parser.get_http_version(), parser.should_keep_alive())
+        request = Request(self, parser.get_method().decode("ascii"), path, query, self.headers,
+                          parser.get_http_version(), parser.should_keep_alive())
         self.parsing = request
         self.queue.append(request)
         if len(self.queue) == 1:

@@ -258,7 +258,9 @@ class Pool:
         self.idle: dict[str, deque[Connection]] = {}
 
     def put(self, conn: Connection) -> None:
-        idle = self.idle.setdefault(conn.key, deque())
+        idle = self.idle.get(conn.key)
+        if idle is None:
+            idle = self.idle[conn.key] = deque()
         conn.idle_since = time.monotonic()
         idle.append(conn)
         while len(idle) > MAX_IDLE_PER_REPLICA:

@@ -35,18 +35,6 @@ COPY build/wheels/rma /wheels/rma
 RUN /opt/rma/bin/pip install --no-cache-dir --no-index --no-deps /wheels/rma/*.whl
 
 
-# vLLM in a virtualenv of its own: it pins its own torch and fastapi, which rma's pins contradict.
-# Empty but for the GPU image; the worker finds the `vllm` program on PATH.
-FROM python AS vllm
-ARG VLLM_WHEELS=build/wheels/none
-COPY ${VLLM_WHEELS} /wheels/vllm
-RUN mkdir -p /opt/vllm \
-    && if ls /wheels/vllm/*.whl >/dev/null 2>&1; then \
-        python3 -m venv /opt/vllm \
-        && /opt/vllm/bin/pip install --no-cache-dir --no-index --no-deps /wheels/vllm/*.whl; \
-    fi
-
-
 FROM python AS coordinator
 COPY --from=venv /opt/rma /opt/rma
 COPY docker/healthcheck.py /usr/local/lib/rma/healthcheck.py
@@ -69,8 +57,21 @@ RUN if [ -n "$PACKAGES" ]; then \
         && apt-get install -y --no-install-recommends $PACKAGES \
         && rm -rf /var/lib/apt/lists/* /var/lib/postgresql/*/main /etc/postgresql/*/main; \
     fi
+# vLLM in a virtualenv of its own, /opt/vllm: it pins its own torch and fastapi, which rma's pins
+# contradict. Only the GPU image has its wheels (elsewhere VLLM_WHEELS is empty and these steps do
+# nothing). They are bind-mounted, never a layer; VLLM_KEY (their key) rebuilds these steps when
+# they change, which a mount alone would not. Its 9.4 GB are three layers, the last the smallest:
+# podman's commit of an N GB layer needs 3N GB more disk for a while, so one layer (or
+# --layers=false) would peak near 4x the virtualenv, three peak at 25 GB (measured). The .pyc
+# (0.5 GB) stay: rma cannot write them at run time, and without them vLLM imports 10 s slower.
+ARG VLLM_WHEELS=build/wheels/none
+ARG VLLM_KEY=
+ARG VLLM_PIP="/opt/vllm/bin/pip install --no-cache-dir --no-index --no-deps"
+RUN --mount=type=bind,source=${VLLM_WHEELS},target=/w set -- /w/*.whl; [ ! -e "$1" ] || python3 -m venv /opt/vllm
+RUN --mount=type=bind,source=${VLLM_WHEELS},target=/w set -- /w/n*.whl; [ ! -e "$1" ] || $VLLM_PIP "$@"
+RUN --mount=type=bind,source=${VLLM_WHEELS},target=/w set -- /w/t*.whl; [ ! -e "$1" ] || $VLLM_PIP "$@"
+RUN --mount=type=bind,source=${VLLM_WHEELS},target=/w set -- /w/[!nt]*.whl; [ ! -e "$1" ] || $VLLM_PIP "$@"
 COPY --from=venv /opt/rma /opt/rma
-COPY --from=vllm /opt/vllm /opt/vllm
 COPY docker/healthcheck.py /usr/local/lib/rma/healthcheck.py
 COPY docker/entrypoint.sh /usr/local/bin/rma-entrypoint
 # /opt/vllm/bin last: its `vllm` is found, rma's python comes first.

@@ -10,8 +10,11 @@
 #
 # The wheels are made here on the host with `pip wheel` (the container build installs them with
 # --no-index) into build/wheels: base/ (rma's dependencies, every image), VARIANT/ (its engines,
-# less what base/ has) and rma/ (the project, rebuilt each time, byte-identical for the same
-# source). base/ and VARIANT/ are remade only when pyproject.toml or the variant's list changes.
+# less what base/ has), gpu-vllm/ (vLLM's, ~4 GB, bind-mounted by the build rather than copied)
+# and rma/ (the project, rebuilt each time, byte-identical for the same source). base/ and
+# VARIANT/ are remade only when pyproject.toml or the variant's list changes, gpu-vllm/ when its
+# pin does; pip keeps no cache of them (--no-cache-dir): build/wheels is the cache. The gpu
+# build takes some 25 GB of disk at its peak (podman; see the Dockerfile).
 # Without a debian:bookworm-slim image and with debootstrap at hand, the base image is made from
 # the Debian mirror (docker/debian-base.sh).
 # Environment: ENGINE (podman, else docker), PIP (.venv/bin/pip), REGISTRY_PREFIX (rma-pool),
@@ -54,12 +57,12 @@ variant() {  # sets TARGET, TAG, REQUIREMENTS (beside rma's own), NO_DEPS (wheel
 }
 
 pip_wheel() {  # pip_wheel DIR ARGS...: wheels in a fresh DIR, unless DIR/key says they are made for ARGS
-    local dir=$1 key
+    local dir=$1 key                   # (and for pyproject.toml, where ARGS name the project, ".")
     shift
-    key=$(printf '%s\n' "$@" | cat - pyproject.toml | sha256sum | cut -d' ' -f1)
+    key=$({ printf '%s\n' "$@"; [[ " $* " != *" . "* ]] || cat pyproject.toml; } | sha256sum | cut -d' ' -f1)
     [ "$(cat "$dir/key" 2>/dev/null)" = "$key" ] && return
     rm -rf "$dir"
-    CMAKE_ARGS=${LLAMA_CMAKE_ARGS:-} "$PIP" wheel --quiet --no-build-isolation --wheel-dir "$dir" "$@"
+    CMAKE_ARGS=${LLAMA_CMAKE_ARGS:-} "$PIP" wheel --quiet --no-cache-dir --no-build-isolation --wheel-dir "$dir" "$@"
     rm -f "$dir"/rma_pool-*.whl
     echo "$key" > "$dir/key"
 }
@@ -77,10 +80,11 @@ wheels() {  # wheels VARIANT
         "$PIP" wheel --quiet --no-deps --wheel-dir "$dir" "${NO_DEPS[@]}"
     fi
     mkdir -p build/wheels/none
-    VLLM_WHEELS=build/wheels/none
+    VLLM_WHEELS=build/wheels/none VLLM_KEY=""
     if [ ${#SEPARATE[@]} -gt 0 ]; then
         VLLM_WHEELS=build/wheels/$1-vllm
         pip_wheel "$VLLM_WHEELS" "${SEPARATE[@]}"
+        VLLM_KEY=$(cat "$VLLM_WHEELS/key")  # the build's cache sees the mounted wheels only through it
     fi
     rm -rf build/wheels/rma build/lib build/bdist.*  # setuptools' leftovers would go into the wheel
     SOURCE_DATE_EPOCH=315532800 "$PIP" wheel --quiet --no-deps --no-build-isolation --wheel-dir build/wheels/rma .
@@ -102,6 +106,6 @@ for one in "${variants[@]}"; do
     echo "== $one: $TAG"
     wheels "$one"
     "$ENGINE" build "${format[@]}" --network host --target "$TARGET" \
-        --build-arg "ENGINES=build/wheels/$one" --build-arg "VLLM_WHEELS=$VLLM_WHEELS" \
+        --build-arg "ENGINES=build/wheels/$one" --build-arg "VLLM_WHEELS=$VLLM_WHEELS" --build-arg "VLLM_KEY=$VLLM_KEY" \
         --build-arg "PACKAGES=$PACKAGES" --tag "$TAG" .
 done

@@ -88,7 +88,7 @@ class Balancer:
         With every candidate ejected, choose among all of them (a panic mode, as Envoy's): the
         coordinator still calls them healthy, and a try beats a certain 503.
         """
-        skip = set(exclude)
+        skip = set(exclude) if exclude else ()
         candidates = [e for e in endpoints if e.url not in skip] if skip else endpoints
         if len(candidates) == 1:
             return candidates[0]  # admitted or not, the only one: see the panic mode above

@@ -32,6 +32,7 @@ log = logging.getLogger("rma.routing")
 
 PREFIX = b"/service/"
 SWEEP_S = 1.0  # how often silent replicas are looked for: read timeouts are minutes, seconds at least
+HEADS_REMEMBERED = 256  # answer heads whose plain form is kept; past it, the memory starts afresh
 # In a lowered answer head, what decides whether it passes as it is: (1) a hop-by-hop header line
 # (Transfer-Encoding aside: the chunks pass as they are), (2) Transfer-Encoding, (3) Content-Length,
 # or (no group) a folded line. One regex pass: each `in` or `find` over a head costs about as much.
@@ -85,6 +86,7 @@ class FastPath:
         self.services: dict[bytes, str | None] = {}  # the path's name segment → service (None: not routable)
         self.relays: set[Forwarding] = set()  # forwards in flight, for the sweep
         self.sweeper: asyncio.TimerHandle | None = None
+        self.heads: tuple[dict[bytes, bytes | None], dict[bytes, bytes | None]] = ({}, {})  # by `complete`
 
     def __call__(self, request: Request) -> bool:
         raw = request.raw_path
@@ -128,6 +130,16 @@ class FastPath:
         if len(self.services) < 1024:  # names are the client's: a scan of random ones must not grow this
             self.services[name] = service
         return service
+
+    def plain_head(self, head: bytes, complete: bool) -> bytes | None:
+        """`plain_head`, remembered: a replica's answers repeat their heads (the Date changes each second)."""
+        known = self.heads[complete]
+        if head in known:
+            return known[head]
+        if len(known) >= HEADS_REMEMBERED:
+            known.clear()
+        plain = known[head] = plain_head(head, complete)
+        return plain
 
     def watch(self, relay: Forwarding) -> None:
         self.relays.add(relay)
@@ -294,7 +306,7 @@ class Relay(Forwarding):
         request = self.request
         plain = None
         if not self.interim and request.keep_alive and request.http_version == "1.1":
-            plain = plain_head(self.head[:end], self.complete)
+            plain = self.fast.plain_head(self.head[:end], self.complete)
         if plain is None:
             self._stop_watching()
             ParsedRelay(self.fast, self.conn, request, self.url, self.read_timeout).feed(self.head)

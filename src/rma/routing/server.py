@@ -224,11 +224,7 @@ class HttpProtocol(asyncio.Protocol):
             resume, self.on_writable = self.on_writable, None
             resume()
 
-    # llhttp callbacks
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-
+    # llhttp callbacks (no on_message_begin: on_headers_complete starts the next request's url and headers)
     def on_url(self, url: bytes) -> None:
         self.url += url
 
@@ -245,6 +241,7 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         request = Request(self, parser.get_method().decode("ascii"), path, query, self.headers,
                           parser.get_http_version(), parser.should_keep_alive())
+        self.url, self.headers = b"", []
         self.parsing = request
         self.queue.append(request)
         if len(self.queue) == 1:

@@ -309,6 +309,7 @@ class Relay(Forwarding):
             plain = self.fast.plain_head(self.head[:end], self.complete)
         if plain is None:
             self._stop_watching()
+            del self.parser  # see release
             ParsedRelay(self.fast, self.conn, request, self.url, self.read_timeout).feed(self.head)
             return False
         self.router.balancer.answered(self.url, self.status, self.router.clock())
@@ -318,6 +319,7 @@ class Relay(Forwarding):
         return True
 
     def release(self) -> None:
+        del self.parser  # it holds this relay: a cycle that only the garbage collector would free
         self.conn.exchange = None
         if self.complete and self.keep_alive and not self.conn.closed:
             self.router.forwarder.pool.put(self.conn)

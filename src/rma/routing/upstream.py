@@ -235,6 +235,7 @@ class Exchange:
 
     def release(self) -> None:
         """Back to the pool after a complete keep-alive answer; otherwise the connection is closed."""
+        del self.parser  # it holds this exchange: a cycle that only the garbage collector would free
         self.conn.exchange = None
         if self.complete and self.keep_alive and not self.conn.closed and not self._chunks:
             self.pool.put(self.conn)

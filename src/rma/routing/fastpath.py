@@ -112,7 +112,7 @@ class FastPath:
         router.balancer.begin(endpoint.url)
         client = request.conn.client
         head = forwarded(request.method, b"/" + rest, request.query, request.headers,
-                         client[0] if client else None, "http", router.strip_headers).head(endpoint.url, NO_BODY)
+                         client[0] if client else None, "http", router.skip_headers).head(endpoint.url, NO_BODY)
         relay = Relay(self, conn, request, endpoint.url, timeout_for(service))
         request.cancel = relay.close
         assert conn.transport is not None

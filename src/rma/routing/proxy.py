@@ -132,17 +132,17 @@ def answer_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
     return [(k, v) for k, v in headers if k not in skip]
 
 
-def outgoing(scope: Scope, path: str, drop: frozenset[bytes] = frozenset()) -> Outgoing:
-    """Copy the client's request minus hop-by-hop headers, add X-Forwarded-*; Host is set per replica."""
+def outgoing(scope: Scope, path: str, skip: frozenset[bytes] = HOP_BY_HOP) -> Outgoing:
+    """Copy the client's request less the `skip` headers (hop-by-hop ones at least), add X-Forwarded-*;
+    Host is set per replica."""
     client = scope.get("client")
     return forwarded(scope["method"], path.encode("latin-1"), scope.get("query_string", b""), scope["headers"],
-                     client[0] if client else None, scope.get("scheme", "http"), drop)
+                     client[0] if client else None, scope.get("scheme", "http"), skip)
 
 
 def forwarded(method: str, path: bytes, query: bytes, client_headers: list[tuple[bytes, bytes]],
-              client_ip: str | None, scheme: str, drop: frozenset[bytes]) -> Outgoing:
+              client_ip: str | None, scheme: str, skip: frozenset[bytes]) -> Outgoing:
     """`outgoing` from the request's parts, for the fast path, which has no ASGI scope."""
-    skip = HOP_BY_HOP | drop if drop else HOP_BY_HOP
     named: set[bytes] = set()
     forwarded_for = original_host = b""
     headers: list[tuple[bytes, bytes]] = []

@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from rma import catalog
 from rma.routing.balancer import Balancer, RetryBudget
 from rma.routing.proxy import (
+    HOP_BY_HOP,
     Body,
     BodyTooLarge,
     Forwarder,
@@ -105,7 +106,7 @@ class ServiceRouter:
         self.source = source
         self.prefix = prefix.rstrip("/")
         self.aliases = dict(aliases or {})
-        self.strip_headers = strip_headers
+        self.skip_headers = HOP_BY_HOP | strip_headers  # never forwarded: hop-by-hop, and the gateway's own
         self.rng = rng or random.Random()
         self.balancer = Balancer(self.rng)
         self.budget = RetryBudget()
@@ -206,7 +207,7 @@ class ServiceRouter:
             raise RouteError(413, str(error)) from None
         except UpstreamBodyLost:
             return
-        request = outgoing(scope, rest, self.strip_headers)
+        request = outgoing(scope, rest, self.skip_headers)
         timeout = timeout_for(service)
         self.budget.request(self.clock())
         tried: list[str] = []

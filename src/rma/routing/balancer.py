@@ -109,13 +109,14 @@ class Balancer:
 
     def end(self, url: str) -> None:
         state = self.health(url)
-        state.outstanding = max(0, state.outstanding - 1)
+        if state.outstanding > 0:
+            state.outstanding -= 1
 
     def answered(self, url: str, status: int, now: float) -> None:
         state = self.health(url)
         if status >= 500:
             state.answered_5xx(now, status)
-        else:
+        elif state.failures or state.ejections or state.reason:  # else nothing to forget: the usual case
             state.succeeded(now)
 
     def unreachable(self, url: str, now: float, reason: str) -> None:

@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) bench/coordinator_scale.py
 	$(PY) bench/failover.py
 	$(PY) bench/proxy_overhead.py
+	$(PY) bench/fastpath_cost.py
 	$(PY) bench/tier1.py
 	$(PY) bench/services.py
 	$(PY) bench/pipeline.py

@@ -5,7 +5,7 @@ foreground from its own config in a temp dir and is stopped at the end. The back
 serving a 1 KB file (cheap, so the proxies get the CPU). A real coordinator holds the table: this
 script plays a worker reporting `ner-extraction` healthy on the backend's port.
 
-    .venv/bin/python bench/proxy_overhead.py [--seconds 5] [--connections 32]
+    .venv/bin/python bench/proxy_overhead.py [--seconds 5] [--connections 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per target; the median run is shown")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rma-bench-"))
     (tmp / "kb").write_bytes(KB)
@@ -195,7 +196,11 @@ def main() -> None:
         }
         for url, _ in targets.values():
             wait_http(url)
-        results = {name: wrk(url, args.seconds, args.connections, pid) for name, (url, pid) in targets.items()}
+        runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in targets}
+        for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every target
+            for name, (url, pid) in targets.items():
+                runs[name].append(wrk(url, args.seconds, args.connections, pid))
+        results = {name: sorted(got)[len(got) // 2] for name, got in runs.items()}  # the median run by req/s
         # One connection, one request at a time: the latency the proxy adds, not queueing behind 31 others.
         alone = {name: wrk(targets[name][0], args.seconds, 1) for name in ("direct", "rma edge-proxy")}
         direct_ttfb = first_byte_ms(f"http://127.0.0.1:{ports['stream']}/events")
@@ -208,7 +213,10 @@ def main() -> None:
             proc.wait(10)
         log.close()
     base = results["direct"]
-    print(f"loopback, 1 KB answers, wrk -t1 -c{args.connections} -d{args.seconds}s, {os.cpu_count()} cores")
+    print(f"loopback, 1 KB answers, wrk -t1 -c{args.connections} -d{args.seconds}s, {os.cpu_count()} cores, "
+          f"median of {args.rounds} interleaved runs per target")
+    edge_runs = sorted(run[0] for run in runs["rma edge-proxy"])
+    print("edge proxy, every run: " + ", ".join(f"{rps:.0f}" for rps in edge_runs) + " req/s")
     print(f"{'target':<18}{'req/s':>10}{'vs direct':>11}{'vs haproxy':>12}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'+p50 ms':>9}{'+p99 ms':>9}{'CPU µs/req':>12}")
     for name, (rps, p50, p99, cpu) in results.items():

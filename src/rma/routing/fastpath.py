@@ -26,7 +26,7 @@ from rma.routing.gateway import Gateway
 from rma.routing.proxy import HOP_BY_HOP, Body, answer_headers, forwarded, retry_safe, timeout_for
 from rma.routing.router import RouteError, ServiceRouter, resolve
 from rma.routing.server import Request
-from rma.routing.upstream import NO_BODY_STATUSES, Connection, Exchange, UpstreamError
+from rma.routing.upstream import NO_BODY_STATUSES, Connection, Exchange, UpstreamError, parse
 
 log = logging.getLogger("rma.routing")
 
@@ -278,14 +278,7 @@ class Relay(Forwarding):
     # the replica's connection
     def feed(self, data: bytes) -> None:
         self.fed = True
-        if self.complete:
-            self.conn.abort()  # more than the answer: not safe to reuse
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            self._fail(UpstreamError(f"bad answer from the replica: {error}"))
-            self.conn.abort()
+        if not parse(self.parser, data, self.complete, self.conn, self._fail):
             return
         if self.head_sent:
             self._to_client(data)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
@@ -88,6 +88,22 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def parse(parser: httptools.HttpResponseParser, data: bytes, complete: bool, conn: Connection,
+          fail: Callable[[UpstreamError], None]) -> bool:
+    """Feed answer bytes to their parser; False, with the connection dropped, for bytes past a complete
+    answer (the connection is out of step, not safe to reuse) or a malformed answer (`fail` is told)."""
+    if complete:
+        conn.abort()
+        return False
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError as error:
+        fail(UpstreamError(f"bad answer from the replica: {error}"))
+        conn.abort()
+        return False
+    return True
+
+
 class Exchange:
     """One request on a connection and its streamed answer (status, raw headers, body chunks)."""
 
@@ -145,14 +161,7 @@ class Exchange:
     # protocol events
     def feed(self, data: bytes) -> None:
         self.received = True
-        if self.complete:
-            self.conn.abort()  # more than the answer: not safe to reuse
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            self._fail(UpstreamError(f"bad answer from the replica: {error}"))
-            self.conn.abort()
+        parse(self.parser, data, self.complete, self.conn, self._fail)
 
     def lost(self, exc: Exception | None) -> None:
         delimited = self.content_length is not None or any(k == b"transfer-encoding" for k, _ in self.headers)

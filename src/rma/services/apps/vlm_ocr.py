@@ -25,7 +25,6 @@ import base64
 import contextlib
 import io
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -44,6 +43,7 @@ from rma.routing.proxy import HOP_BY_HOP
 from rma.services.apps.common import LOAD_FAILED_EXIT, ApiError, api_app, arguments, log, serve
 from rma.services.apps.ocr import MAX_BODY_BYTES, read_upload
 from rma.services.base import HEALTH_TIMEOUT_S, http_ok
+from rma.worker.process import free_port
 
 PROMPT = ("Transcribe all the text in this image exactly as it is written, line by line, keeping the line breaks. "
           "Answer with the text only.")
@@ -54,19 +54,11 @@ READ_TIMEOUT_S = 300.0  # a whole page's transcription; the routers wait as long
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}  # httpx sets both for the child
 
 
-def loopback_port() -> int:
-    """A free port on 127.0.0.1: vLLM serves this app only."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class VllmServer:
     """The `vllm serve` child: started and stopped with the app, and watched while it runs."""
 
     def __init__(self, command: Sequence[str]) -> None:
-        self.port = loopback_port()
+        self.port = free_port("127.0.0.1")  # vLLM serves this app only
         self.command = (*command, "--host", "127.0.0.1", "--port", str(self.port))
         self.what = " ".join((Path(command[0]).name, *command[1:3]))  # "vllm serve <model>"
         self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}",

@@ -26,6 +26,8 @@ ODD_ANSWERS = {
 }
 
 
+BIG, CHUNK = 64 << 20, 64 << 10  # more than the sockets on the way can hold (~20 MiB here)
+
 
 class Backend:
     """A replica on a raw socket: records each request head; the path says how to answer."""
@@ -34,6 +36,7 @@ class Backend:
         self.name = name
         self.heads: list[bytes] = []
         self.closed_by_peer = asyncio.Event()
+        self.sent_big = 0
         self.port = free_port()
 
     async def start(self) -> asyncio.AbstractServer:
@@ -62,6 +65,13 @@ class Backend:
                     await writer.drain()
                     writer.close()
                     return
+                if path.startswith(b"/big"):  # written as fast as the proxy takes it
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % BIG)
+                    for _ in range(BIG // CHUNK):
+                        writer.write(b"x" * CHUNK)
+                        await writer.drain()
+                        self.sent_big += CHUNK
+                    continue
                 if path.startswith(b"/stall"):
                     await asyncio.sleep(5)
                     writer.close()
@@ -295,3 +305,20 @@ def test_a_silent_replica_is_timed_out_by_the_sweep(monkeypatch: pytest.MonkeyPa
 def test_an_answer_head_passes_as_it_is_less_hop_by_hop_lines_only_when_plain(
         head: bytes, complete: bool, passed: bytes | None) -> None:
     assert fastpath.plain_head(head, complete) == passed
+
+
+def test_a_client_reading_slowly_holds_back_the_replica_not_the_proxys_memory() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        await exchange(port, get("/service/ner/warm"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=CHUNK)
+        writer.write(get("/service/ner/big"))
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(1.0)  # the client reads nothing: the replica stops once the sockets on the way are full
+        held_back = backends[0].sent_big
+        received = 0
+        while received < BIG:
+            received += len(await reader.read(1 << 20))
+        writer.close()
+        assert taken[-1] and received == BIG
+        assert held_back < BIG // 2, f"the replica wrote {held_back >> 20} MiB while the client read nothing"
+    run(test)

@@ -89,8 +89,9 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "vision-ocr", 1, Kind.GPU, 1, 8104,
         (
-            # LLaVA 1.5 7B: 14 GB of fp16 weights before its KV cache.
-            Engine("vllm-vision", binaries=("vllm",), gpu_memory_mb=16384, ram_mb=8192, start_s=900),
+            # The seed's budget (its 16 GB T4 runs both vLLM engines). LLaVA 1.5 7B, the default model, has
+            # 14 GB of fp16 weights: beside the LLM it wants a 24 GB card or a smaller VISION_MODEL_NAME.
+            Engine("vllm-vision", binaries=("vllm",), gpu_memory_mb=8192, ram_mb=8192, start_s=900),
             Engine("tesseract", modules=("pytesseract",), binaries=("tesseract",), ram_mb=512),
         ),
         HTTP, retry_safe=True,

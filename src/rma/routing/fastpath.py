@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from abc import ABC, abstractmethod
 
 import httptools
 from starlette.types import Message
@@ -165,7 +166,7 @@ async def _no_receive() -> Message:
 NO_BODY = Body(_no_receive, b"")
 
 
-class Forwarding:
+class Forwarding(ABC):
     """What both relays share: failure handling, flow control towards the client, the sweep's fields."""
 
     conn: Connection
@@ -183,9 +184,9 @@ class Forwarding:
         self.ended = False
         fast.watch(self)
 
+    @abstractmethod
     def release(self) -> None:
         """Return the replica's connection to the pool after a complete answer, else close it."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """The client left: drop the replica's connection (it may still be generating)."""
@@ -313,11 +314,7 @@ class Relay(Forwarding):
 
     def release(self) -> None:
         del self.parser  # it holds this relay: a cycle that only the garbage collector would free
-        self.conn.exchange = None
-        if self.complete and self.keep_alive and not self.conn.closed:
-            self.router.forwarder.pool.put(self.conn)
-        else:
-            self.conn.abort()
+        self.router.forwarder.pool.release(self.conn, self.complete and self.keep_alive)
 
 
 class ParsedRelay(Forwarding, Exchange):

@@ -245,11 +245,7 @@ class Exchange:
     def release(self) -> None:
         """Back to the pool after a complete keep-alive answer; otherwise the connection is closed."""
         del self.parser  # it holds this exchange: a cycle that only the garbage collector would free
-        self.conn.exchange = None
-        if self.complete and self.keep_alive and not self.conn.closed and not self._chunks:
-            self.pool.put(self.conn)
-        else:
-            self.conn.abort()
+        self.pool.release(self.conn, self.complete and self.keep_alive and not self._chunks)
 
     def close(self) -> None:
         self.conn.abort()
@@ -275,6 +271,15 @@ class Pool:
         idle.append(conn)
         while len(idle) > MAX_IDLE_PER_REPLICA:
             idle.popleft().abort()
+
+    def release(self, conn: Connection, reusable: bool) -> None:
+        """The end of an exchange on `conn`: kept for the next one when `reusable` (a complete keep-alive
+        answer, fully read) and still open, else closed."""
+        conn.exchange = None
+        if reusable and not conn.closed:
+            self.put(conn)
+        else:
+            conn.abort()
 
     def reused(self, url: str) -> Connection | None:
         idle = self.idle.get(url)

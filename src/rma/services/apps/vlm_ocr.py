@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from starlette.background import BackgroundTask
 
-from rma.routing.proxy import HOP_BY_HOP
+from rma.routing.proxy import HOP_BY_HOP, answer_headers
 from rma.services.apps.common import LOAD_FAILED_EXIT, ApiError, api_app, arguments, log, serve
 from rma.services.apps.ocr import MAX_BODY_BYTES, read_upload
 from rma.services.base import HEALTH_TIMEOUT_S, http_ok
@@ -195,7 +195,8 @@ def create_app(command: Sequence[str]) -> FastAPI:
             answer = await server.client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
             raise ApiError(502, f"{server.what} did not answer: {type(exc).__name__}") from exc
-        back = {k: v for k, v in answer.headers.multi_items() if k.encode() not in HOP_BY_HOP}
+        back = {k.decode("latin-1"): v.decode("latin-1")
+                for k, v in answer_headers([(k.lower(), v) for k, v in answer.headers.raw])}
         return StreamingResponse(answer.aiter_raw(), answer.status_code, back, background=BackgroundTask(answer.aclose))
 
     return app

@@ -82,7 +82,7 @@ def test_retry_budget_is_a_fraction_of_traffic_plus_a_floor() -> None:
     retries = sum(budget.try_retry(0.0) for _ in range(20))
     assert retries == 5  # the cap
     for _ in range(50):
-        budget.request(0.0)
+        budget.request()
     assert sum(budget.try_retry(0.0) for _ in range(20)) == 5  # 50 requests x 0.2, capped at 5
     assert not budget.allows(0.0)
     assert budget.allows(1.0)  # the floor refills one per second

@@ -24,7 +24,7 @@ def test_hop_by_hop_dropped_forwarded_headers_added_query_kept() -> None:
         (b"x-forwarded-for", b"198.51.100.1"), (b"x-api-key", b"k"), (b"accept", b"text/plain"),
         (b"set-thing", b"a"), (b"set-thing", b"b"),
     ], query=b"q=1&r=%20"), "/a%2Fb", skip=HOP_BY_HOP | {b"x-api-key"})
-    headers = request.headers
+    headers = [tuple(line.split(b": ", 1)) for line in request.lines.split(b"\r\n") if line]
     names = [k for k, _ in headers]
     assert request.target == b"/a%2Fb?q=1&r=%20"
     for gone in (b"host", b"connection", b"x-secret-hop", b"keep-alive", b"transfer-encoding", b"te", b"x-api-key"):

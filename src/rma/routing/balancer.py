@@ -56,6 +56,17 @@ class ReplicaHealth:
             self.ejections = 0
             self.reason = ""
 
+    def answered(self, status: int, now: float) -> None:
+        if status >= 500:
+            self.answered_5xx(now, status)
+        elif self.failures or self.ejections or self.reason:  # else nothing to forget: the usual case
+            self.succeeded(now)
+
+    def end(self) -> None:
+        """An attempt sent to it is over, answered or not."""
+        if self.outstanding > 0:
+            self.outstanding -= 1
+
     def answered_5xx(self, now: float, status: int) -> None:
         self.failures += 1
         if self.failures >= EJECT_AFTER_5XX:
@@ -102,22 +113,18 @@ class Balancer:
     def _busyness(self, endpoint: Endpoint) -> tuple[int, float, str]:
         return self.health(endpoint.url).outstanding, endpoint.load, endpoint.url
 
-    def begin(self, url: str) -> None:
+    def begin(self, url: str) -> ReplicaHealth:
+        """An attempt goes to `url`; its state is returned so the caller can end it without a look-up."""
         state = self.health(url)
         state.outstanding += 1
         state.sent += 1
+        return state
 
     def end(self, url: str) -> None:
-        state = self.health(url)
-        if state.outstanding > 0:
-            state.outstanding -= 1
+        self.health(url).end()
 
     def answered(self, url: str, status: int, now: float) -> None:
-        state = self.health(url)
-        if status >= 500:
-            state.answered_5xx(now, status)
-        elif state.failures or state.ejections or state.reason:  # else nothing to forget: the usual case
-            state.succeeded(now)
+        self.health(url).answered(status, now)
 
     def unreachable(self, url: str, now: float, reason: str) -> None:
         self.health(url).eject(now, reason)
@@ -144,16 +151,19 @@ class RetryBudget:
         self.floor_per_s = floor_per_s
         self.cap = cap
         self.tokens = cap
+        self.requests = 0  # counted since the last refill: each adds `ratio` then (the fast path only counts)
         self._at: float | None = None
 
     def _refill(self, now: float) -> None:
+        earned = self.requests * self.ratio
         if self._at is not None:
-            self.tokens = min(self.cap, self.tokens + max(0.0, now - self._at) * self.floor_per_s)
+            earned += max(0.0, now - self._at) * self.floor_per_s
+        self.tokens = min(self.cap, self.tokens + earned)
+        self.requests = 0
         self._at = now
 
-    def request(self, now: float) -> None:
-        self._refill(now)
-        self.tokens = min(self.cap, self.tokens + self.ratio)
+    def request(self) -> None:
+        self.requests += 1
 
     def allows(self, now: float) -> bool:
         self._refill(now)

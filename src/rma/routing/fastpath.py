@@ -19,12 +19,14 @@ import asyncio
 import logging
 import re
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import httptools
 from starlette.types import Message
 
+from rma.routing.balancer import ReplicaHealth
 from rma.routing.gateway import Gateway
-from rma.routing.proxy import HOP_BY_HOP, Body, answer_headers, forwarded, retry_safe, timeout_for
+from rma.routing.proxy import HOP_BY_HOP, IDEMPOTENT, Body, answer_headers, forwarded, pure, timeout_for
 from rma.routing.router import RouteError, ServiceRouter, resolve
 from rma.routing.server import Request
 from rma.routing.upstream import NO_BODY_STATUSES, Connection, Exchange, UpstreamError, parse
@@ -32,6 +34,7 @@ from rma.routing.upstream import NO_BODY_STATUSES, Connection, Exchange, Upstrea
 log = logging.getLogger("rma.routing")
 
 PREFIX = b"/service/"
+PREFIX_LENGTH = len(PREFIX)
 SWEEP_S = 1.0  # how often silent replicas are looked for: read timeouts are minutes, seconds at least
 HEADS_REMEMBERED = 256  # answer heads whose plain form is kept; past it, the memory starts afresh
 # In a lowered answer head, what decides whether it passes as it is: (1) a hop-by-hop header line
@@ -84,53 +87,70 @@ class FastPath:
     def __init__(self, router: ServiceRouter, gateway: Gateway | None = None) -> None:
         self.router = router
         self.gateway = gateway if gateway is not None and gateway.checks_headers else None  # else it admits all
-        self.services: dict[bytes, str | None] = {}  # the path's name segment → service (None: not routable)
+        self.routes: dict[bytes, Route | None] = {}  # the path's name segment → its route (None: not routable)
         self.relays: set[Forwarding] = set()  # forwards in flight, for the sweep
         self.sweeper: asyncio.TimerHandle | None = None
         self.heads: tuple[dict[bytes, bytes | None], dict[bytes, bytes | None]] = ({}, {})  # by `complete`
+        self.tails: dict[tuple[str, str, str | None, tuple[tuple[bytes, bytes], ...]], bytes] = {}
+        self.source, self.balancer, self.pool = router.source, router.balancer, router.forwarder.pool
 
     def __call__(self, request: Request) -> bool:
         raw = request.raw_path
         if request.has_body or request.expect_continue or not raw.startswith(PREFIX):
             return False
-        name, _, rest = raw[len(PREFIX):].partition(b"/")
-        service = self.service(name)
-        if service is None:
+        name, _, rest = raw[PREFIX_LENGTH:].partition(b"/")
+        route = self.routes.get(name, UNSEEN)
+        if route is UNSEEN:
+            route = self.route(name)
+        if route is None or not (route.pure or request.method in IDEMPOTENT):
             return False
-        router = self.router
-        endpoints = router.source.current().endpoints(service)
-        if not endpoints or not retry_safe(service, request.method):
-            return False
-        now = router.clock()
-        endpoint = router.balancer.choose(endpoints, (), now)
-        conn = router.forwarder.pool.reused(endpoint.url) if endpoint is not None else None
-        if conn is None or endpoint is None:
+        endpoints = self.source.current().endpoints(route.service)
+        if len(endpoints) == 1:
+            url = endpoints[0].url  # what choose gives a lone replica, without its clock and call
+        else:
+            endpoint = self.balancer.choose(endpoints, (), self.router.clock())
+            if endpoint is None:
+                return False
+            url = endpoint.url
+        conn = self.pool.reused(url)
+        if conn is None:
             return False  # the ASGI path connects, and leaves the connection in the pool for next time
         if self.gateway is not None and not self.gateway.admits(request.scope):
-            router.forwarder.pool.put(conn)
+            self.pool.put(conn)
             return False
-        router.budget.request(now)
-        router.balancer.begin(endpoint.url)
-        client = request.conn.client
-        head = forwarded(request.method, b"/" + rest, request.query, request.headers,
-                         client[0] if client else None, "http", router.skip_headers).head(endpoint.url, NO_BODY)
-        relay = Relay(self, conn, request, endpoint.url, timeout_for(service))
-        request.cancel = relay.close
+        self.router.budget.request()
+        query = request.query
+        target = b"/" + rest + b"?" + query if query else b"/" + rest
+        relay = conn.kept
+        if not isinstance(relay, Relay):
+            relay = conn.kept = Relay(self, conn)
+        relay.serve(request, url, route.read_timeout, self.balancer.begin(url))
         assert conn.transport is not None
-        conn.transport.write(head)
+        conn.transport.write(request.method.encode() + b" " + target + self.tail(request, url))
         return True
 
-    def service(self, name: bytes) -> str | None:
-        """The routable service a path segment names, remembered (the catalogue does not change)."""
-        if name in self.services:
-            return self.services[name]
+    def route(self, name: bytes) -> Route | None:
+        """What a path segment routes to, remembered (the catalogue does not change)."""
         try:
-            service: str | None = resolve(name.decode("latin-1"), self.router.aliases) if name else None
+            service = resolve(name.decode("latin-1"), self.router.aliases) if name else None
         except RouteError:
             service = None  # the ASGI router answers it (404, 400)
-        if len(self.services) < 1024:  # names are the client's: a scan of random ones must not grow this
-            self.services[name] = service
-        return service
+        route = None if service is None else Route(service, pure(service), timeout_for(service))
+        if len(self.routes) < 1024:  # names are the client's: a scan of random ones must not grow this
+            self.routes[name] = route
+        return route
+
+    def tail(self, request: Request, url: str) -> bytes:
+        """The upstream head after its target (`Outgoing.tail`), remembered: a client repeats its headers."""
+        client = request.conn.client
+        key = (url, request.method, client[0] if client else None, tuple(request.headers))
+        tail = self.tails.get(key)
+        if tail is None:
+            if len(self.tails) >= HEADS_REMEMBERED:
+                self.tails.clear()
+            outgoing = forwarded(request.method, b"", b"", request.headers, key[2], "http", self.router.skip_headers)
+            tail = self.tails[key] = outgoing.tail(url, NO_BODY)
+        return tail
 
     def plain_head(self, head: bytes, complete: bool) -> bytes | None:
         """`plain_head`, remembered: a replica's answers repeat their heads (the Date changes each second)."""
@@ -159,6 +179,15 @@ class FastPath:
             self.sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
 
+class Route(NamedTuple):
+    service: str
+    pure: bool  # the catalogue marks it a pure function: retry-safe whatever the method
+    read_timeout: float
+
+
+UNSEEN = Route("", False, 0.0)  # what the routes give a path segment not yet resolved
+
+
 async def _no_receive() -> Message:
     raise RuntimeError("a fast-path request has no body to read")
 
@@ -171,18 +200,39 @@ class Forwarding(ABC):
 
     conn: Connection
     complete: bool
+    request: Request
+    url: str
+    replica: ReplicaHealth
+    read_timeout: float
 
-    def __init__(self, fast: FastPath, conn: Connection, request: Request, url: str, timeout: float) -> None:
+    def __init__(self, fast: FastPath, conn: Connection) -> None:
         self.fast = fast
         self.router = fast.router
         self.conn = conn
-        self.request = request
-        self.url = url
-        self.read_timeout = timeout
         self.fed = False  # bytes came since the last sweep
         self.idle = 0.0
         self.ended = False
-        fast.watch(self)
+
+    def serve(self, request: Request, url: str, timeout: float, replica: ReplicaHealth) -> None:
+        """Forward `request`'s answer from `url`, whose balancer state is `replica`."""
+        self.request = request
+        self.url = url
+        self.read_timeout = timeout
+        self.replica = replica
+        self.fed = False
+        self.idle = 0.0
+        self.ended = False
+        self.conn.exchange = self
+        request.cancel = self.close
+        self.fast.watch(self)
+
+    @abstractmethod
+    def feed(self, data: bytes) -> None:
+        """Answer bytes from the replica."""
+
+    @abstractmethod
+    def lost(self, exc: Exception | None) -> None:
+        """The replica's connection closed."""
 
     @abstractmethod
     def release(self) -> None:
@@ -196,10 +246,6 @@ class Forwarding(ABC):
     def timed_out(self) -> None:
         self._fail(UpstreamError(f"the replica sent nothing for {self.read_timeout:g}s"))
         self.conn.abort()
-
-    def _to_client(self, data: bytes) -> None:
-        self.request.conn.write(data)
-        self._throttle()
 
     def _throttle(self) -> None:
         """Stop reading the replica while the client reads slower than it writes."""
@@ -237,7 +283,7 @@ class Forwarding(ABC):
     def _close_out(self) -> None:
         """Once per exchange: stop watching, count the request done, return or drop the connection."""
         self._stop_watching()
-        self.router.balancer.end(self.url)
+        self.replica.end()
         self.release()
 
     def _stop_watching(self) -> None:
@@ -247,21 +293,30 @@ class Forwarding(ABC):
 
 
 class Relay(Forwarding):
-    """The answer's bytes go to the client as they come; llhttp (no per-header callbacks) frames them."""
+    """The answer's bytes go to the client as they come; llhttp (no per-header callbacks) frames them.
 
-    def __init__(self, fast: FastPath, conn: Connection, request: Request, url: str, timeout: float) -> None:
-        super().__init__(fast, conn, request, url, timeout)
+    One relay, with its parser, serves its connection's answers one after another: kept on the
+    connection (`Connection.kept`) while the parser is in step, between two answers.
+    """
+
+    def __init__(self, fast: FastPath, conn: Connection) -> None:
+        super().__init__(fast, conn)
         self.parser = httptools.HttpResponseParser(self)
+        self.pool = fast.router.forwarder.pool
         self.head = b""  # the answer until its head is complete and sent
-        self.head_sent = False
-        self.interim = False
-        self.headers_done = False
-        self.complete = False
-        self.keep_alive = False
+        self.head_sent = self.interim = self.headers_done = self.complete = self.keep_alive = self.overrun = False
         self.status = 0
-        conn.exchange = self
+
+    def serve(self, request: Request, url: str, timeout: float, replica: ReplicaHealth) -> None:
+        self.head = b""
+        self.head_sent = self.interim = self.headers_done = self.complete = self.keep_alive = False
+        super().serve(request, url, timeout, replica)
 
     # llhttp callbacks: only these, so llhttp runs in C between them
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.overrun = True  # bytes past the answer: the connection is out of step
+
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
@@ -281,8 +336,14 @@ class Relay(Forwarding):
         self.fed = True
         if not parse(self.parser, data, self.complete, self.conn, self._fail):
             return
+        if self.overrun:
+            self._fail(UpstreamError("the replica sent bytes past its answer"))
+            self.conn.abort()
+            return
         if self.head_sent:
-            self._to_client(data)
+            self.request.conn.write(data)
+            if self.request.conn.writable is not None:
+                self._throttle()
         else:
             self.head += data
             if not (self.headers_done or self.interim) or not self._send_head():
@@ -296,37 +357,50 @@ class Relay(Forwarding):
 
     def _send_head(self) -> bool:
         """The head, less its hop-by-hop lines, and what followed it; False when ParsedRelay took over."""
-        end = self.head.find(b"\r\n\r\n")
+        head = self.head
+        end = head.find(b"\r\n\r\n")
         request = self.request
         plain = None
         if not self.interim and request.keep_alive and request.http_version == "1.1":
-            plain = self.fast.plain_head(self.head[:end], self.complete)
+            plain = self.fast.plain_head(head[:end], self.complete)
         if plain is None:
             self._stop_watching()
-            del self.parser  # see release
-            ParsedRelay(self.fast, self.conn, request, self.url, self.read_timeout).feed(self.head)
+            self._drop_parser()
+            ParsedRelay(self.fast, self.conn, request, self.url, self.read_timeout, self.replica).feed(head)
             return False
-        self.router.balancer.answered(self.url, self.status, self.router.clock())
+        self.replica.answered(self.status, self.router.clock())
         self.head_sent = request.started = True
-        self._to_client(plain + self.head[end:])
+        request.conn.write(plain + head[end:])
+        if request.conn.writable is not None:
+            self._throttle()
         self.head = b""
         return True
 
     def release(self) -> None:
-        del self.parser  # it holds this relay: a cycle that only the garbage collector would free
-        self.router.forwarder.pool.release(self.conn, self.complete and self.keep_alive)
+        reusable = self.complete and self.keep_alive
+        if not reusable or self.overrun or self.request.head_only:  # llhttp waits for a HEAD answer's body
+            self._drop_parser()
+        self.pool.release(self.conn, reusable)
+
+    def _drop_parser(self) -> None:
+        """The parser is out of step with the connection: neither serves another answer."""
+        if self.conn.kept is self:
+            self.conn.kept = None
+            del self.parser  # it holds this relay: a cycle that only the garbage collector would free
 
 
 class ParsedRelay(Forwarding, Exchange):
     """The answer parsed and re-framed for the client: what the plain pass-through cannot carry."""
 
-    def __init__(self, fast: FastPath, conn: Connection, request: Request, url: str, timeout: float) -> None:
+    def __init__(self, fast: FastPath, conn: Connection, request: Request, url: str, timeout: float,
+                 replica: ReplicaHealth) -> None:
         Exchange.__init__(self, conn, fast.router.forwarder.pool, request.head_only, timeout)
-        Forwarding.__init__(self, fast, conn, request, url, timeout)
+        Forwarding.__init__(self, fast, conn)
+        self.serve(request, url, timeout, replica)
 
     def feed(self, data: bytes) -> None:
         self.fed = True
-        super().feed(data)
+        Exchange.feed(self, data)
 
     def release(self) -> None:
         Exchange.release(self)
@@ -336,7 +410,7 @@ class ParsedRelay(Forwarding, Exchange):
         super().on_headers_complete()
         if not self.headers_done:
             return  # an interim answer
-        self.router.balancer.answered(self.url, self.status, self.router.clock())
+        self.replica.answered(self.status, self.router.clock())
         self.request.start_response(self.status, answer_headers(self.headers))
         if self.complete:
             self._end()
@@ -353,7 +427,7 @@ class ParsedRelay(Forwarding, Exchange):
             self._end()
 
     def lost(self, exc: Exception | None) -> None:
-        super().lost(exc)
+        Exchange.lost(self, exc)
         if self.complete:
             self._end()
 

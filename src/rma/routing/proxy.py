@@ -47,8 +47,11 @@ def timeout_for(service: str) -> float:
 
 def retry_safe(service: str, method: str) -> bool:
     """Safe to send twice: an idempotent method, or a service the catalogue marks a pure function."""
-    if method in IDEMPOTENT:
-        return True
+    return method in IDEMPOTENT or pure(service)
+
+
+def pure(service: str) -> bool:
+    """The catalogue marks `service` a pure function: any call to it is safe to repeat."""
     known = catalog.BY_NAME.get(service)
     return known is not None and known.retry_safe
 
@@ -111,18 +114,22 @@ class Outgoing:
 
     method: str
     target: bytes  # /path?query, as the client sent it below /service/{name}
-    headers: list[tuple[bytes, bytes]]
+    lines: bytes  # the header lines to forward, each ending in CRLF; Host and framing are added per attempt
     length: int | None = None  # the client's Content-Length: its body goes out raw, else chunked
 
     def head(self, base_url: str, body: Body) -> bytes:
         """The request line and headers for one replica: Host is the replica's, framing fits the body."""
-        lines = b"".join([key + b": " + value + b"\r\n" for key, value in self.headers])
+        return self.method.encode() + b" " + self.target + self.tail(base_url, body)
+
+    def tail(self, base_url: str, body: Body) -> bytes:
+        """The head after the target: the same for every request with these headers to this replica."""
+        lines = self.lines
         if self.length is None and body.data is None:
             lines += b"transfer-encoding: chunked\r\n"
         elif self.length is None and (body.data or self.method in BODY_METHODS):
             lines += b"content-length: %d\r\n" % len(body.data or b"")
         host = base_url.partition("://")[2].encode()
-        return self.method.encode() + b" " + self.target + b" HTTP/1.1\r\nhost: " + host + b"\r\n" + lines + b"\r\n"
+        return b" HTTP/1.1\r\nhost: " + host + b"\r\n" + lines + b"\r\n"
 
 
 def answer_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -175,7 +182,7 @@ def forwarded(method: str, path: bytes, query: bytes, client_headers: list[tuple
     if not has_host and original_host:
         headers.append((b"x-forwarded-host", original_host))
     target = path + b"?" + query if query else path
-    return Outgoing(method, target, headers, length)
+    return Outgoing(method, target, b"".join([key + b": " + value + b"\r\n" for key, value in headers]), length)
 
 
 class Forwarder:

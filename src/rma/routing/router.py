@@ -209,7 +209,7 @@ class ServiceRouter:
             return
         request = outgoing(scope, rest, self.skip_headers)
         timeout = timeout_for(service)
-        self.budget.request(self.clock())
+        self.budget.request()
         tried: list[str] = []
         while True:
             endpoint = self.balancer.choose(endpoints, tried, self.clock())

@@ -39,9 +39,18 @@ class Request:
     The ASGI scope is built only when the app runs: the fast path forwards from the parsed fields.
     """
 
-    __slots__ = ("conn", "method", "raw_path", "query", "headers", "http_version", "keep_alive", "expect_continue",
-                 "has_body", "head_only", "_scope", "body", "buffered", "body_done", "waiter", "started", "finished",
-                 "chunked", "head", "cancel")
+    # Defaults on the class: a request sets only what differs (most of it never changes on the fast path).
+    expect_continue = False
+    has_body = False  # a Content-Length above 0, or Transfer-Encoding
+    _scope: dict[str, Any] | None = None
+    buffered = 0
+    body_done = False
+    waiter: asyncio.Future[None] | None = None
+    started = False
+    finished = False
+    chunked = False
+    head = b""  # the response head, written with the first body message
+    cancel: Callable[[], None] | None = None  # stops a fast-path forward when the client goes
 
     def __init__(self, conn: HttpProtocol, method: str, raw_path: bytes, query: bytes,
                  headers: list[tuple[bytes, bytes]], http_version: str, keep_alive: bool) -> None:
@@ -52,8 +61,6 @@ class Request:
         self.headers = headers
         self.http_version = http_version
         self.keep_alive = keep_alive
-        self.expect_continue = False
-        self.has_body = False  # a Content-Length above 0, or Transfer-Encoding
         for name, value in headers:
             if name == b"content-length":
                 self.has_body = self.has_body or value != b"0"
@@ -62,16 +69,7 @@ class Request:
             elif name == b"expect":
                 self.expect_continue = value.lower() == b"100-continue"
         self.head_only = method == "HEAD"
-        self._scope: dict[str, Any] | None = None
         self.body: deque[bytes] = deque()
-        self.buffered = 0
-        self.body_done = False
-        self.waiter: asyncio.Future[None] | None = None
-        self.started = False
-        self.finished = False
-        self.chunked = False
-        self.head = b""  # the response head, written with the first body message
-        self.cancel: Callable[[], None] | None = None  # stops a fast-path forward when the client goes
 
     @property
     def scope(self) -> dict[str, Any]:
@@ -143,8 +141,12 @@ class Request:
             self.conn.write(self.head + body)
             self.head = b""
         if not more:
-            self.finished = True
-            self.conn.done(self)
+            self.finish()
+
+    def finish(self) -> None:
+        """The answer is all written: the connection goes on to its next request."""
+        self.finished = True
+        self.conn.done(self)
 
     def _flush_head(self) -> None:
         if self.head and not self.conn.lost:
@@ -243,9 +245,10 @@ class HttpProtocol(asyncio.Protocol):
                           parser.get_http_version(), parser.should_keep_alive())
         self.url, self.headers = b"", []
         self.parsing = request
-        self.queue.append(request)
-        if len(self.queue) == 1:
-            self._start(request)
+        queue = self.queue
+        queue.append(request)
+        if len(queue) == 1 and (self.fast is None or not self.fast(request)):
+            self.run_app(request)
 
     def on_body(self, body: bytes) -> None:
         request = self.parsing
@@ -296,7 +299,8 @@ class HttpProtocol(asyncio.Protocol):
         if not request.keep_alive or request is self.parsing or self.lost:
             self._close()  # an unread body cannot be skipped safely
             return
-        self.resume()
+        if self.paused:
+            self.resume()
         if self.queue:
             self._start(self.queue[0])
 

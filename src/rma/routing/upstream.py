@@ -41,7 +41,7 @@ class Receiver(Protocol):
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive connection; parses one answer at a time (a fresh llhttp parser per answer)."""
+    """One keep-alive connection; one answer at a time is read by its `exchange`."""
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -50,6 +50,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._writable: asyncio.Future[None] | None = None
         self.exchange: Receiver | None = None
+        self.kept: Receiver | None = None  # a reader kept for the next exchange (the fast path's, with its parser)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, only alike

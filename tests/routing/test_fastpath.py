@@ -23,6 +23,8 @@ ODD_ANSWERS = {
     b"/interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
     # a Connection header naming a header that must not pass
     b"/private": b"HTTP/1.1 200 OK\r\nconnection: x-private\r\nx-private: secret\r\ncontent-length: 2\r\n\r\nok",
+    # bytes past a complete answer: a second answer nobody asked for
+    b"/overrun": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
 }
 
 
@@ -272,6 +274,18 @@ def test_answers_the_pass_through_cannot_carry_are_reframed_on_the_fast_path() -
         assert private[0][1] == b"ok" and b"x-private" not in private[0][0]
         assert b"transfer-encoding: chunked" in until_close[0][0] and b"until close" in until_close[0][1]
         assert old_client.endswith(b"b0 /kb") and b"connection: close" in old_client.lower()
+    run(test)
+
+
+def test_bytes_past_an_answer_never_reach_the_client() -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        await exchange(port, get("/service/ner/warm"))
+        answers = await exchange(port, get("/service/ner/overrun") + get("/service/ner/kb"), 2)
+        assert taken[1] is True
+        assert answers[0][0].startswith((b"HTTP/1.1 200", b"HTTP/1.1 502")) and b"forged" not in answers[0][1]
+        assert answers[1][1] == b"b0 /kb"  # the next answer on the client's connection is its own
+        again = await exchange(port, get("/service/ner/kb"))  # and the pool holds no connection out of step
+        assert again[0][1] == b"b0 /kb"
     run(test)
 
 

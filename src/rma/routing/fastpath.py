@@ -307,11 +307,6 @@ class Relay(Forwarding):
         self.head_sent = self.interim = self.headers_done = self.complete = self.keep_alive = self.overrun = False
         self.status = 0
 
-    def serve(self, request: Request, url: str, timeout: float, replica: ReplicaHealth) -> None:
-        self.head = b""
-        self.head_sent = self.interim = self.headers_done = self.complete = self.keep_alive = False
-        super().serve(request, url, timeout, replica)
-
     # llhttp callbacks: only these, so llhttp runs in C between them
     def on_message_begin(self) -> None:
         if self.complete:
@@ -378,7 +373,9 @@ class Relay(Forwarding):
 
     def release(self) -> None:
         reusable = self.complete and self.keep_alive
-        if not reusable or self.overrun or self.request.head_only:  # llhttp waits for a HEAD answer's body
+        if reusable and not (self.overrun or self.request.head_only):  # llhttp waits for a HEAD answer's body
+            self.head_sent = self.interim = self.headers_done = self.complete = self.keep_alive = False
+        else:
             self._drop_parser()
         self.pool.release(self.conn, reusable)
 

@@ -180,6 +180,8 @@ class FastPath:
 
 
 class Route(NamedTuple):
+    """Where a path's service name leads, and what the fast path needs to know of that service."""
+
     service: str
     pure: bool  # the catalogue marks it a pure function: retry-safe whatever the method
     read_timeout: float
@@ -302,7 +304,7 @@ class Relay(Forwarding):
     def __init__(self, fast: FastPath, conn: Connection) -> None:
         super().__init__(fast, conn)
         self.parser = httptools.HttpResponseParser(self)
-        self.pool = fast.router.forwarder.pool
+        self.pool = fast.pool
         self.head = b""  # the answer until its head is complete and sent
         self.head_sent = self.interim = self.headers_done = self.complete = self.keep_alive = self.overrun = False
         self.status = 0

@@ -141,12 +141,8 @@ class Request:
             self.conn.write(self.head + body)
             self.head = b""
         if not more:
-            self.finish()
-
-    def finish(self) -> None:
-        """The answer is all written: the connection goes on to its next request."""
-        self.finished = True
-        self.conn.done(self)
+            self.finished = True
+            self.conn.done(self)
 
     def _flush_head(self) -> None:
         if self.head and not self.conn.lost:

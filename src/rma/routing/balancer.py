@@ -115,7 +115,7 @@ class Balancer:
 
     def begin(self, url: str) -> ReplicaHealth:
         """An attempt goes to `url`; its state is returned so the caller can end it without a look-up."""
-        state = self.replicas.get(url) or self.health(url)
+        state = self.health(url)
         state.outstanding += 1
         state.sent += 1
         return state

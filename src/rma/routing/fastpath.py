@@ -19,7 +19,8 @@ import asyncio
 import logging
 import re
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from collections.abc import Hashable
+from typing import NamedTuple, TypeVar
 
 import httptools
 from starlette.types import Message
@@ -36,7 +37,9 @@ log = logging.getLogger("rma.routing")
 PREFIX = b"/service/"
 PREFIX_LENGTH = len(PREFIX)
 SWEEP_S = 1.0  # how often silent replicas are looked for: read timeouts are minutes, seconds at least
-HEADS_REMEMBERED = 256  # answer heads whose plain form is kept; past it, the memory starts afresh
+REMEMBERED = 256  # entries per memo (routes, upstream head tails, plain answer heads)
+Key = TypeVar("Key", bound=Hashable)
+Value = TypeVar("Value")
 # In a lowered answer head, what decides whether it passes as it is: (1) a hop-by-hop header line
 # (Transfer-Encoding aside: the chunks pass as they are), (2) Transfer-Encoding, (3) Content-Length,
 # or (no group) a folded line. One regex pass: each `in` or `find` over a head costs about as much.
@@ -81,6 +84,15 @@ def plain_head(head: bytes, complete: bool) -> bytes | None:
         start = stop
     return b"".join(kept) + head[start:]
 
+def remember(memo: dict[Key, Value], key: Key, value: Value) -> Value:
+    """`memo[key] = value`, in a memo whose keys come from clients or replicas: past REMEMBERED entries
+    it starts afresh, so a stream of distinct ones cannot grow it."""
+    if len(memo) >= REMEMBERED:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 class FastPath:
     """Called by the server with each parsed request; True when it took the request."""
 
@@ -105,13 +117,10 @@ class FastPath:
         if route is None or not (route.pure or request.method in IDEMPOTENT):
             return False
         endpoints = self.source.current().endpoints(route.service)
-        if len(endpoints) == 1:
-            url = endpoints[0].url  # what choose gives a lone replica, without its clock and call
-        else:
-            endpoint = self.balancer.choose(endpoints, (), self.router.clock())
-            if endpoint is None:
-                return False
-            url = endpoint.url
+        endpoint = self.balancer.choose(endpoints, (), self.router.clock()) if endpoints else None
+        if endpoint is None:
+            return False
+        url = endpoint.url
         conn = self.pool.reused(url)
         if conn is None:
             return False  # the ASGI path connects, and leaves the connection in the pool for next time
@@ -136,9 +145,7 @@ class FastPath:
         except RouteError:
             service = None  # the ASGI router answers it (404, 400)
         route = None if service is None else Route(service, pure(service), timeout_for(service))
-        if len(self.routes) < 1024:  # names are the client's: a scan of random ones must not grow this
-            self.routes[name] = route
-        return route
+        return remember(self.routes, name, route)
 
     def tail(self, request: Request, url: str) -> bytes:
         """The upstream head after its target (`Outgoing.tail`), remembered: a client repeats its headers."""
@@ -146,10 +153,8 @@ class FastPath:
         key = (url, request.method, client[0] if client else None, tuple(request.headers))
         tail = self.tails.get(key)
         if tail is None:
-            if len(self.tails) >= HEADS_REMEMBERED:
-                self.tails.clear()
             outgoing = forwarded(request.method, b"", b"", request.headers, key[2], "http", self.router.skip_headers)
-            tail = self.tails[key] = outgoing.tail(url, NO_BODY)
+            tail = remember(self.tails, key, outgoing.tail(url, NO_BODY))
         return tail
 
     def plain_head(self, head: bytes, complete: bool) -> bytes | None:
@@ -157,10 +162,7 @@ class FastPath:
         known = self.heads[complete]
         if head in known:
             return known[head]
-        if len(known) >= HEADS_REMEMBERED:
-            known.clear()
-        plain = known[head] = plain_head(head, complete)
-        return plain
+        return remember(known, head, plain_head(head, complete))
 
     def watch(self, relay: Forwarding) -> None:
         self.relays.add(relay)
@@ -338,13 +340,19 @@ class Relay(Forwarding):
             self.conn.abort()
             return
         if self.head_sent:
-            self.request.conn.write(data)
-            if self.request.conn.writable is not None:
-                self._throttle()
+            out = data
         else:
             self.head += data
-            if not (self.headers_done or self.interim) or not self._send_head():
+            if not (self.headers_done or self.interim):
                 return
+            taken = self._plain_head()
+            if taken is None:
+                return
+            out = taken
+        client = self.request.conn
+        client.write(out)
+        if client.writable is not None:
+            self._throttle()
         if self.complete:
             self._end()
 
@@ -352,8 +360,8 @@ class Relay(Forwarding):
         if not self.complete:
             self._fail(UpstreamError(f"the replica closed the connection ({exc or 'EOF'})"))
 
-    def _send_head(self) -> bool:
-        """The head, less its hop-by-hop lines, and what followed it; False when ParsedRelay took over."""
+    def _plain_head(self) -> bytes | None:
+        """The head, less its hop-by-hop lines, and what followed it; None when ParsedRelay took over."""
         head = self.head
         end = head.find(b"\r\n\r\n")
         request = self.request
@@ -364,14 +372,11 @@ class Relay(Forwarding):
             self._stop_watching()
             self._drop_parser()
             ParsedRelay(self.fast, self.conn, request, self.url, self.read_timeout, self.replica).feed(head)
-            return False
+            return None
         self.replica.answered(self.status, self.router.clock())
         self.head_sent = request.started = True
-        request.conn.write(plain + head[end:])
-        if request.conn.writable is not None:
-            self._throttle()
         self.head = b""
-        return True
+        return plain + head[end:]
 
     def release(self) -> None:
         reusable = self.complete and self.keep_alive

@@ -295,8 +295,7 @@ class HttpProtocol(asyncio.Protocol):
         if not request.keep_alive or request is self.parsing or self.lost:
             self._close()  # an unread body cannot be skipped safely
             return
-        if self.paused:
-            self.resume()
+        self.resume()
         if self.queue:
             self._start(self.queue[0])
 

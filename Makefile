@@ -36,7 +36,7 @@ up: $(STAMP) system-packages
 	$(VENV)/bin/rma up
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench && $(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -44,11 +44,31 @@ def status(
     coordinator: str = typer.Option("http://127.0.0.1:8080", "--coordinator", envvar="COORDINATOR_URL",
                                     help="Coordinator URL."),
     admin_token: str | None = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False),
+    wide: bool = typer.Option(False, "--wide", envvar="RMA_STATUS_WIDE",
+                              help="Every column and the gap report's full reasons."),
+    as_json: bool = typer.Option(False, "--json", envvar="RMA_STATUS_JSON",
+                                 help='The raw admin answers, {"workers": ..., "gaps": ...}, for scripts.'),
 ) -> None:
-    """Show the pool's workers and service gaps as tables."""
+    """Show the pool's workers and service gaps as tables that fit 80 columns."""
     from rma.status import show_status
 
-    raise typer.Exit(show_status(coordinator.split(",")[0].strip(), admin_token))
+    raise typer.Exit(show_status(coordinator.split(",")[0].strip(), admin_token, wide=wide, as_json=as_json))
+
+
+@app.command()
+def discover(
+    service: str = typer.Argument(..., help="A catalogue service, e.g. redis, postgres, chromadb, llm-inference."),
+    coordinator: str = typer.Option("http://127.0.0.1:8080", "--coordinator", envvar="COORDINATOR_URL",
+                                    help="Coordinator URL."),
+    admin_token: str | None = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False),
+    api_key: str | None = typer.Option(None, envvar="RMA_API_KEY", show_default=False,
+                                       help="A client API key (X-API-Key) that may read stores' credentials."),
+    as_json: bool = typer.Option(False, "--json", help="The whole discovery answer, every replica."),
+) -> None:
+    """Print where a service answers: a store's connection URL (with its credential), else its URL."""
+    from rma.discover import show_discovery
+
+    raise typer.Exit(show_discovery(coordinator.split(",")[0].strip(), service, admin_token, api_key, as_json))
 
 
 register_worker_commands(app)

@@ -163,7 +163,7 @@ def test_rma_status_shows_workers_and_gaps(tmp_path: Path, processes: list[RmaPr
     processes.append(coordinator)
     worker = register(url, "store-7", "storage", ["redis-server"])
     beat(url, "store-7", worker["worker_token"], ["redis"])
-    shown = subprocess.run([sys.executable, "-m", "rma", "status", "--coordinator", url], capture_output=True,
+    shown = subprocess.run([sys.executable, "-m", "rma", "status", "--wide", "--coordinator", url], capture_output=True,
                            text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
     assert "store-7" in shown.stdout and "redis (healthy)" in shown.stdout

@@ -17,8 +17,9 @@ import psycopg
 import pytest
 
 from rma.services import DRIVERS
+from rma.services.accounts import as_server, check_reachable
 from rma.services.base import Context, ServiceDriver, find_binary, write_private
-from rma.services.postgres import HBA, PGDATA, as_server, listen_addresses
+from rma.services.postgres import HBA, PGDATA, listen_addresses
 from rma.worker.engines import runnable_engines
 from rma.worker.probe import Probe
 from rma.worker.process import free_port
@@ -93,6 +94,18 @@ def test_setpriv_drops_to_the_account_only_when_given_one() -> None:
     assert as_server(("initdb",), account) == (
         "setpriv", "--reuid", "101", "--regid", "104", "--init-groups", "--pdeathsig", "SIGINT", "--", initdb)
     assert as_server(("initdb",), None) == ("setpriv", "--pdeathsig", "SIGINT", "--", initdb)
+
+
+@pytest.mark.skipif(not ROOT, reason="the data_dir fixture is reachable by other accounts only when root")
+def test_postgres_names_the_folder_its_account_cannot_enter(data_dir: Path) -> None:
+    account = pwd.struct_passwd(("postgres", "x", 101, 104, "", "/var/lib/postgresql", "/bin/sh"))
+    locked = data_dir.parent / "locked"
+    (locked / "inside").mkdir(parents=True)
+    locked.chmod(0o700)
+    with pytest.raises(PermissionError, match=f"cannot enter {locked} "):
+        check_reachable(locked / "inside", account)
+    locked.chmod(0o711)
+    check_reachable(locked / "inside", account)
 
 
 def test_postgres_listens_on_the_advertised_address_and_loopback() -> None:

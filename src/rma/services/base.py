@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -135,6 +136,15 @@ def find_binary(name: str) -> str | None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
+
+
+def free_port(host: str) -> int:
+    """A port the OS says is free on `host` now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def probe_host(bind_host: str) -> str:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import psycopg
 
+from rma.services.accounts import as_server, check_reachable, service_account
 from rma.services.base import (
     HEALTH_TIMEOUT_S,
     Context,
     Launch,
     ServiceDriver,
-    find_binary,
     probe_host,
     require_secret,
     write_private,
@@ -50,8 +50,10 @@ class Postgres(ServiceDriver):
     def prepare(self, ctx: Context) -> None:
         secret = require_secret(ctx, self.name)
         super().prepare(ctx)
-        account = service_account()
+        account = service_account(RUN_AS)
         pgdata = ctx.data_dir.resolve() / PGDATA
+        if account:
+            check_reachable(ctx.data_dir.resolve(), account)
         if not pgdata.is_dir():
             _initialise(pgdata, account)
         owner = (account.pw_uid, account.pw_gid) if account else None
@@ -64,7 +66,7 @@ class Postgres(ServiceDriver):
             as_server(("postgres", "-D", str(ctx.data_dir.resolve() / PGDATA), "-p", str(ctx.port),
                        "-c", f"listen_addresses={listen_addresses(ctx.host)}",
                        "-c", "unix_socket_directories="),  # TCP only: no socket folder to own
-                      service_account()),
+                      service_account(RUN_AS)),
             cwd=ctx.data_dir,
         )
 
@@ -82,23 +84,6 @@ class Postgres(ServiceDriver):
         except (psycopg.Error, OSError, TimeoutError):
             return False
         return row == (1,)
-
-
-def service_account() -> pwd.struct_passwd | None:
-    """The account to run as: None when the worker is not root (it runs the server itself)."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam(RUN_AS)
-    except KeyError:
-        raise PermissionError(f"PostgreSQL refuses to run as root, and there is no {RUN_AS!r} user") from None
-
-
-def as_server(argv: tuple[str, ...], account: pwd.struct_passwd | None) -> tuple[str, ...]:
-    """The command run through setpriv (as `account` when given), with the program found off PATH too."""
-    drop = ("--reuid", str(account.pw_uid), "--regid", str(account.pw_gid), "--init-groups") if account else ()
-    program = find_binary(argv[0]) or argv[0]
-    return ("setpriv", *drop, "--pdeathsig", "SIGINT", "--", program, *argv[1:])
 
 
 def listen_addresses(host: str) -> str:

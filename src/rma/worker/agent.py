@@ -78,6 +78,11 @@ class Agent:
         assert self.identity.worker_id is not None
         return self.identity.worker_id
 
+    @property
+    def assigned(self) -> tuple[str, ...] | None:
+        """The services the coordinator last assigned; None before the first answer."""
+        return self._assigned
+
     def statuses(self) -> dict[str, ServiceStatus]:
         report = {name: ServiceStatus(state=State.FAILED.value, message=why) for name, why in self.refused.items()}
         for name, sup in self.supervisors.items():

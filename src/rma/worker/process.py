@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from rma.services.base import free_port
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -89,14 +91,6 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def choose_port(host: str, *preferred: int | None) -> int:

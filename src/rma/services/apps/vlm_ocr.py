@@ -42,8 +42,7 @@ from starlette.background import BackgroundTask
 from rma.routing.proxy import HOP_BY_HOP, answer_headers
 from rma.services.apps.common import LOAD_FAILED_EXIT, ApiError, api_app, arguments, log, serve
 from rma.services.apps.ocr import MAX_BODY_BYTES, read_upload
-from rma.services.base import HEALTH_TIMEOUT_S, http_ok
-from rma.worker.process import free_port
+from rma.services.base import HEALTH_TIMEOUT_S, free_port, http_ok
 
 PROMPT = ("Transcribe all the text in this image exactly as it is written, line by line, keeping the line breaks. "
           "Answer with the text only.")

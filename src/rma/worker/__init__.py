@@ -1,0 +1,1 @@
+"""The universal worker: detection, registration, heartbeats, and supervision of assigned services."""

@@ -7,6 +7,7 @@ of the pool counts and puts the new one in, so placement decisions never rescan 
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import secrets
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from rma.catalog import BY_NAME, Kind
 from rma.coordinator.record import WorkerRecord, bracket, hash_token, seed_state, url_host, worker_kind
-from rma.coordinator.secrets import STORE_VARIABLES, SecretBook
+from rma.coordinator.secrets import STORE_VARIABLES, NamedStores, SecretBook
 from rma.coordinator.store import Store, StoredWorker
 from rma.placement import Pool, WorkerState, contribution, desire, engine_for
 from rma.protocol import (
@@ -32,9 +33,11 @@ from rma.protocol import (
 log = logging.getLogger("rma.coordinator")
 
 EVENT_RING_SIZE = 500
-# A down worker's services are offered to at most this many survivors straight away; the rest
-# of the pool picks up anything left at its next heartbeat.
+# A down worker's services are offered to at most this many survivors straight away, found
+# among at most HEAL_LOOKED_AT workers; the rest of the pool picks up anything left at its
+# next heartbeat (the down worker changed the counts, so every worker replans then).
 HEAL_CANDIDATES = 64
+HEAL_LOOKED_AT = 1024
 # A worker's heartbeat time reaches the disk at most this often: enough to tell, after a
 # coordinator crash, which workers were alive, at 1/SEEN_RESOLUTION_S writes per worker-second.
 SEEN_RESOLUTION_S = 30.0
@@ -63,6 +66,7 @@ class Registry:
         # service → ids of healthy workers serving it: discovery and routing never scan the pool.
         self.serving_index: dict[str, set[str]] = {name: set() for name in BY_NAME}
         self.secrets = SecretBook(store)
+        self.named_stores = NamedStores()
         self._store_env: tuple[int, dict[str, str]] = (-1, {})
         self.events: deque[Event] = deque(maxlen=EVENT_RING_SIZE)
         self.registrations = 0
@@ -105,10 +109,13 @@ class Registry:
         new = contribution(record.view(now, self.failure_cooldown))
         self.counts.subtract(record.counted)
         self.counts.update(new)
-        for service in _serving_in(record.counted_key):
+        was_serving, serving = _serving_in(record.counted_key), _serving_in(key)
+        for service in was_serving - serving:
             self.serving_index[service].discard(record.worker_id)
-        for service in _serving_in(key):
-            self.serving_index[service].add(record.worker_id)
+        for service in serving - was_serving:
+            replicas = self.serving_index[service]
+            replicas.add(record.worker_id)
+            self.named_stores.began_serving(service, record.worker_id, replicas)
         record.counted, record.counted_key = new, key
         self.generation += 1
 
@@ -251,12 +258,13 @@ class Registry:
         """Replan survivors that could run the down worker's services now, not at their next beat.
 
         Bounded: it stops once every orphaned service is assigned again, and considers at most
-        HEAL_CANDIDATES workers, so a pool of 10,000 never stalls the coordinator.
+        HEAL_CANDIDATES of the first HEAL_LOOKED_AT workers, so however large the pool, and
+        whether or not anyone can take the orphans, a death never stalls the coordinator.
         """
         orphaned = {s for s in down.assigned if self.counts[("assigned", s)] == 0}
         considered = 0
         now = self.clock()
-        for record in self.workers.values():
+        for record in itertools.islice(self.workers.values(), HEAL_LOOKED_AT):
             if not orphaned or considered >= HEAL_CANDIDATES:
                 return
             if not record.healthy:
@@ -322,13 +330,19 @@ class Registry:
         return table
 
     def store_env(self) -> dict[str, str]:
-        """The seed's variables that tell services where the stores are, from what serves now."""
+        """The seed's variables that tell services where the stores are: one serving replica per store.
+
+        Rebuilt whenever the pool changes (any registration may change it), from the replica
+        `named_stores` keeps per store, so it reads one worker per store however many serve it.
+        """
         generation, env = self._store_env
         if generation != self.generation:
             env = {}
-            for service, replicas in self.routing_table(STORE_VARIABLES).items():
-                if replicas:
-                    env.update(STORE_VARIABLES[service](replicas[0]["host"], replicas[0]["port"]))
+            for service, variables in STORE_VARIABLES.items():
+                worker_id = self.named_stores.named(service, self.serving_index[service])
+                if worker_id is not None:
+                    record = self.workers[worker_id]
+                    env.update(variables(record.host, record.port_of(service)))
             self._store_env = (self.generation, env)
         return env
 

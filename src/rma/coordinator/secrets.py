@@ -7,8 +7,9 @@ unauthenticated answer.
 
 from __future__ import annotations
 
+import heapq
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from urllib.parse import quote
 
 from rma.catalog import BY_NAME
@@ -52,3 +53,44 @@ CONNECTION_URLS: dict[str, Callable[[str, int, str], str]] = {
     "minio": lambda h, p, s: f"http://{_host(h)}:{p}",
     "neo4j": lambda h, p, s: f"http://{_host(h)}:{p}",
 }
+
+
+class NamedStores:
+    """Which serving replica of each store the seed's variables (REDIS_HOST, ...) name.
+
+    Every worker's service configs carry these addresses, so they should not move with each
+    registration or load report: a named replica stays named while it serves (stability
+    beats optimality). When it stops, the lowest worker id still serving succeeds it, taken
+    from a heap of the store's replicas, so a choice never rescans them.
+    """
+
+    def __init__(self) -> None:
+        self._named: dict[str, str] = {}
+        # store → ids of workers that began serving it, lowest first; ids that stopped are
+        # dropped when they reach the top.
+        self._queued: dict[str, list[str]] = {service: [] for service in STORE_VARIABLES}
+
+    def began_serving(self, service: str, worker_id: str, serving: Collection[str]) -> None:
+        """`worker_id` now serves `service`; `serving` is every worker serving it, this one too."""
+        queue = self._queued.get(service)
+        if queue is None:
+            return
+        if len(queue) > 2 * len(serving) + 16:
+            # Mostly ids that stopped serving: start again from the live ones (a sorted list is a heap).
+            queue[:] = sorted(serving)
+        else:
+            heapq.heappush(queue, worker_id)
+
+    def named(self, service: str, serving: Collection[str]) -> str | None:
+        """The replica of `service` to name, given the workers serving it now; None when none does."""
+        current = self._named.get(service)
+        if current is not None and current in serving:
+            return current
+        queue = self._queued[service]
+        while queue and queue[0] not in serving:
+            heapq.heappop(queue)
+        if not queue:
+            self._named.pop(service, None)
+            return None
+        self._named[service] = queue[0]
+        return queue[0]

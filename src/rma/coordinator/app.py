@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rma.coordinator.answers import Answers
+from rma.coordinator.history import History, WorkerFigures
 from rma.coordinator.metrics import Metrics
 from rma.coordinator.registry import Registry
 from rma.coordinator.routes import router, worker_routes
@@ -31,7 +32,7 @@ from rma.coordinator.store import Store
 from rma.coordinator.watch import Watchers
 from rma.placement import gap_report
 from rma.protocol import ApiError
-from rma.routing import service_router
+from rma.routing import ServiceRouter, service_router
 
 log = logging.getLogger("rma.coordinator")
 DASHBOARD = Path(__file__).parent / "dashboard"
@@ -78,18 +79,32 @@ async def _too_large(limit: int, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _timers(state: CoordinatorState) -> None:
-    """One loop for both timers: mark silent workers down, and batch heartbeat times to disk."""
+async def _timers(state: CoordinatorState, services: ServiceRouter) -> None:
+    """One loop for the timers: mark silent workers down, batch heartbeat times to disk, keep the history."""
     settings = state.settings
     period = max(0.1, min(settings.heartbeat_interval / 4, settings.flush_interval))
     since_flush = 0.0
     while True:
         await asyncio.sleep(period * random.uniform(0.9, 1.1))
         state.registry.sweep()
+        _record(state.history, state.registry, services)
         since_flush += period
         if since_flush >= settings.flush_interval:
             since_flush = 0.0
             state.registry.flush()
+
+
+def _record(history: History, registry: Registry, services: ServiceRouter) -> None:
+    """The coordinator's own /service traffic, and once a step the pool's healthy replicas and worker figures."""
+    now = registry.clock()
+    report = services.traffic.report(services.clock())
+    history.add_traffic(report, now)
+    services.traffic.sent(report)
+    if history.due(now):
+        pool = registry.pool()
+        history.sample(now, {name: pool.serving(name) for name in history.services}, {
+            w.worker_id: WorkerFigures(w.metrics.get("cpu_percent", 0.0), w.metrics.get("ram_percent", 0.0), w.load)
+            if w.healthy else None for w in registry.workers.values()})
 
 
 async def _api_error(request: Request, error: Exception) -> JSONResponse:
@@ -112,7 +127,8 @@ def create_app(settings: CoordinatorSettings) -> Starlette:
     store = Store(settings.data_dir / "registry.sqlite3")
     registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown)
     answers = Answers(registry, settings.heartbeat_interval)
-    state = CoordinatorState(settings, registry, Metrics(registry), answers, Watchers(registry, answers.encoded))
+    state = CoordinatorState(settings, registry, Metrics(registry), answers, Watchers(registry, answers.encoded),
+                             History())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -120,7 +136,7 @@ def create_app(settings: CoordinatorSettings) -> Starlette:
             log.warning("RMA_JOIN_TOKEN is unset: registration is accepted from loopback only")
         if not settings.admin_token:
             log.warning("RMA_ADMIN_TOKEN is unset: /api/admin is open to loopback only")
-        timers = asyncio.create_task(_timers(state))
+        timers = asyncio.create_task(_timers(state, services))
         try:
             async with services.running():
                 yield

@@ -38,6 +38,8 @@ EVENT_RING_SIZE = 500
 # next heartbeat (the down worker changed the counts, so every worker replans then).
 HEAL_CANDIDATES = 64
 HEAL_LOOKED_AT = 1024
+# A service's engines in use are read off this many of its replicas: a catalogue service has two engines at most.
+ENGINES_LOOKED_AT = 64
 # A worker's heartbeat time reaches the disk at most this often: enough to tell, after a
 # coordinator crash, which workers were alive, at 1/SEEN_RESOLUTION_S writes per worker-second.
 SEEN_RESOLUTION_S = 30.0
@@ -305,6 +307,16 @@ class Registry:
     def views(self) -> list[WorkerState]:
         now = self.clock()
         return [r.view(now, self.failure_cooldown) for r in self.workers.values()]
+
+    def engines_serving(self, service: str) -> list[str]:
+        """The engines the service's healthy replicas run (seaweedfs for minio, llama-cpp for llm-inference)."""
+        now = self.clock()
+        found = set()
+        for worker_id in itertools.islice(self.serving_index[service], ENGINES_LOOKED_AT):
+            engine = engine_for(BY_NAME[service], self.workers[worker_id].view(now, self.failure_cooldown)).engine
+            if engine is not None:
+                found.add(engine.name)
+        return sorted(found)
 
     def replicas(self, service: str) -> list[dict[str, Any]]:
         """Healthy replicas of a service, least loaded first."""

@@ -16,8 +16,10 @@ from starlette.types import Receive, Scope, Send
 from rma.catalog import BY_NAME, SERVICES
 from rma.coordinator.auth import bearer, bearer_value, has_api_key, is_admin, require_secret, same_secret
 from rma.coordinator.record import WorkerRecord
+from rma.coordinator.router_report import ReportBody
 from rma.coordinator.secrets import CONNECTION_URLS
 from rma.coordinator.state import CoordinatorState
+from rma.gap_reasons import short_reason
 from rma.placement import gap_report
 from rma.protocol import (
     ApiError,
@@ -186,7 +188,10 @@ async def admin_workers(request: Request) -> dict[str, Any]:
 @router.get("/api/admin/gaps")
 async def admin_gaps(request: Request) -> dict[str, Any]:
     state = _admin(request)
-    gaps = [dataclasses.asdict(g) for g in gap_report(state.registry.views(), state.registry.pool())]
+    registry = state.registry
+    gaps = [dataclasses.asdict(g) | {"short_reason": short_reason(g.reason),
+                                     "engines": registry.engines_serving(g.service)}
+            for g in gap_report(registry.views(), registry.pool())]
     critical = [g for g in gaps if g["status"] == "critical"]
     warnings = [g for g in gaps if g["status"] == "warning"]
     return {
@@ -214,6 +219,22 @@ async def admin_services(request: Request) -> dict[str, Any]:
 async def admin_events(request: Request) -> dict[str, Any]:
     state = _admin(request)
     return {"events": [dataclasses.asdict(e) for e in reversed(state.registry.events)]}
+
+
+@router.get("/api/admin/history")
+async def admin_history(request: Request) -> Response:
+    """The last hour per service and per worker, in steps, for the dashboard's charts."""
+    state = _admin(request)
+    return Response(state.history.encoded(state.registry.clock()), media_type="application/json")
+
+
+@router.post("/api/admin/router-report")
+async def router_report(request: Request) -> dict[str, Any]:
+    """A router's traffic since its last report (rma.routing.report), into the history."""
+    state = _admin(request)
+    body = await _parse(request, ReportBody)
+    state.history.add_traffic(body.report(), state.registry.clock())
+    return {"status": "ok"}
 
 
 @router.get("/api/services/discover/{service}")

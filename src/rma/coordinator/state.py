@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rma.coordinator.answers import Answers
+from rma.coordinator.history import History
 from rma.coordinator.metrics import Metrics
 from rma.coordinator.registry import Registry
 from rma.coordinator.watch import Watchers
@@ -37,3 +38,4 @@ class CoordinatorState:
     metrics: Metrics
     answers: Answers
     watchers: Watchers
+    history: History

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rma.routing.fastpath import FastPath
 from rma.routing.gateway import ALIASES, API_KEY_HEADER, Gateway, GatewaySettings
+from rma.routing.report import TrafficReporter
 from rma.routing.router import ServiceRouter, answer
 from rma.routing.server import serve_forever
 from rma.routing.table import REFRESH_S, CallableSource, HttpTableSource, TableSource
@@ -28,7 +29,7 @@ class RouterSettings:
     host: str = "127.0.0.1"
     port: int = 8090
     coordinator_urls: tuple[str, ...] = ("http://127.0.0.1:8080",)
-    admin_token: str | None = None  # reads the gap report, to say why a service has no replica
+    admin_token: str | None = None  # reads the gap report (why a service has no replica), posts traffic reports
     refresh_s: float = REFRESH_S
 
 
@@ -68,7 +69,8 @@ class RoutingApp:
 
 def _router(settings: RouterSettings, aliases: Mapping[str, str], strip: frozenset[bytes]) -> ServiceRouter:
     source = HttpTableSource(settings.coordinator_urls, settings.admin_token, settings.refresh_s)
-    return ServiceRouter(source, aliases=aliases, strip_headers=strip)
+    reporter = TrafficReporter(settings.coordinator_urls, settings.admin_token)
+    return ServiceRouter(source, aliases=aliases, strip_headers=strip, reporter=reporter)
 
 
 def create_load_balancer(settings: RouterSettings) -> RoutingApp:
@@ -90,7 +92,8 @@ def service_router(table: Callable[[], Any], reasons: Callable[[], Mapping[str, 
     """The engine over an in-process table (the coordinator's registry), for a `Mount("/service", ...)`.
 
     `table()` returns `{service: [replica dicts]}` as `Registry.routing_table()` does; the app
-    that mounts it runs `router.running()` in its lifespan (active checks, pooled client).
+    that mounts it runs `router.running()` in its lifespan (active checks, pooled client), and
+    reads `router.traffic` itself.
     """
     source: TableSource = CallableSource(table, reasons)
     return ServiceRouter(source, prefix="", aliases=ALIASES)

@@ -12,7 +12,8 @@ from rma.routing.table import REFRESH_S
 _COORDINATOR = typer.Option("http://127.0.0.1:8080", envvar="COORDINATOR_URL",
                             help="Coordinator URL; several, comma-separated, to fail over.")
 _ADMIN = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False,
-                      help="Admin token: lets the 503 answer say why a service has no replica.")
+                      help="Admin token: lets the 503 answer say why a service has no replica, and the "
+                           "router report its traffic to the coordinator's dashboard.")
 _REFRESH = typer.Option(REFRESH_S, envvar="ROUTING_REFRESH_INTERVAL", min=0.1,
                         help="Seconds between routing-table refreshes.")
 

@@ -30,6 +30,7 @@ from rma.routing.gateway import Gateway
 from rma.routing.proxy import HOP_BY_HOP, IDEMPOTENT, Body, answer_headers, forwarded, pure, timeout_for
 from rma.routing.router import RouteError, ServiceRouter, resolve
 from rma.routing.server import Request
+from rma.routing.traffic import ServiceCounts
 from rma.routing.upstream import NO_BODY_STATUSES, Connection, Exchange, UpstreamError, parse
 
 log = logging.getLogger("rma.routing")
@@ -117,7 +118,8 @@ class FastPath:
         if route is None or not (route.pure or request.method in IDEMPOTENT):
             return False
         endpoints = self.source.current().endpoints(route.service)
-        endpoint = self.balancer.choose(endpoints, (), self.router.clock()) if endpoints else None
+        now = self.router.clock()
+        endpoint = self.balancer.choose(endpoints, (), now) if endpoints else None
         if endpoint is None:
             return False
         url = endpoint.url
@@ -133,7 +135,7 @@ class FastPath:
         relay = conn.kept
         if not isinstance(relay, Relay):
             relay = conn.kept = Relay(self, conn)
-        relay.serve(request, url, route.read_timeout, self.balancer.begin(url))
+        relay.serve(request, url, route, self.balancer.begin(url), now)
         assert conn.transport is not None
         conn.transport.write(request.method.encode() + b" " + target + self.tail(request, url))
         return True
@@ -144,7 +146,8 @@ class FastPath:
             service = resolve(name.decode("latin-1"), self.router.aliases) if name else None
         except RouteError:
             service = None  # the ASGI router answers it (404, 400)
-        route = None if service is None else Route(service, pure(service), timeout_for(service))
+        route = None if service is None else Route(service, pure(service), timeout_for(service),
+                                                   self.router.traffic.of(service))
         return remember(self.routes, name, route)
 
     def tail(self, request: Request, url: str) -> bytes:
@@ -187,9 +190,10 @@ class Route(NamedTuple):
     service: str
     pure: bool  # the catalogue marks it a pure function: retry-safe whatever the method
     read_timeout: float
+    counts: ServiceCounts  # the router's traffic counts of the service
 
 
-UNSEEN = Route("", False, 0.0)  # what the routes give a path segment not yet resolved
+UNSEEN = Route("", False, 0.0, ServiceCounts())  # what the routes give a path segment not yet resolved
 
 
 async def _no_receive() -> Message:
@@ -204,10 +208,13 @@ class Forwarding(ABC):
 
     conn: Connection
     complete: bool
+    status: int
     request: Request
     url: str
+    route: Route
     replica: ReplicaHealth
     read_timeout: float
+    started: float  # when the router took the request, on its clock
 
     def __init__(self, fast: FastPath, conn: Connection) -> None:
         self.fast = fast
@@ -217,12 +224,14 @@ class Forwarding(ABC):
         self.idle = 0.0
         self.ended = False
 
-    def serve(self, request: Request, url: str, timeout: float, replica: ReplicaHealth) -> None:
+    def serve(self, request: Request, url: str, route: Route, replica: ReplicaHealth, started: float) -> None:
         """Forward `request`'s answer from `url`, whose balancer state is `replica`."""
         self.request = request
         self.url = url
-        self.read_timeout = timeout
+        self.route = route
+        self.read_timeout = route.read_timeout
         self.replica = replica
+        self.started = started
         self.fed = False
         self.idle = 0.0
         self.ended = False
@@ -250,6 +259,12 @@ class Forwarding(ABC):
     def timed_out(self) -> None:
         self._fail(UpstreamError(f"the replica sent nothing for {self.read_timeout:g}s"))
         self.conn.abort()
+
+    def _answered(self) -> None:
+        """The answer's head goes to the client: the replica answered, and the request is counted."""
+        status, now = self.status, self.router.clock()
+        self.replica.answered(status, now)
+        self.route.counts.record(status, now - self.started)
 
     def _throttle(self) -> None:
         """Stop reading the replica while the client reads slower than it writes."""
@@ -371,9 +386,9 @@ class Relay(Forwarding):
         if plain is None:
             self._stop_watching()
             self._drop_parser()
-            ParsedRelay(self.fast, self.conn, request, self.url, self.read_timeout, self.replica).feed(head)
+            ParsedRelay(self.fast, self.conn, request, self.url, self.route, self.replica, self.started).feed(head)
             return None
-        self.replica.answered(self.status, self.router.clock())
+        self._answered()
         self.head_sent = request.started = True
         self.head = b""
         return plain + head[end:]
@@ -396,11 +411,11 @@ class Relay(Forwarding):
 class ParsedRelay(Forwarding, Exchange):
     """The answer parsed and re-framed for the client: what the plain pass-through cannot carry."""
 
-    def __init__(self, fast: FastPath, conn: Connection, request: Request, url: str, timeout: float,
-                 replica: ReplicaHealth) -> None:
-        Exchange.__init__(self, conn, fast.router.forwarder.pool, request.head_only, timeout)
+    def __init__(self, fast: FastPath, conn: Connection, request: Request, url: str, route: Route,
+                 replica: ReplicaHealth, started: float) -> None:
+        Exchange.__init__(self, conn, fast.router.forwarder.pool, request.head_only, route.read_timeout)
         Forwarding.__init__(self, fast, conn)
-        self.serve(request, url, timeout, replica)
+        self.serve(request, url, route, replica, started)
 
     def feed(self, data: bytes) -> None:
         self.fed = True
@@ -414,7 +429,7 @@ class ParsedRelay(Forwarding, Exchange):
         super().on_headers_complete()
         if not self.headers_done:
             return  # an interim answer
-        self.replica.answered(self.status, self.router.clock())
+        self._answered()
         self.request.start_response(self.status, answer_headers(self.headers))
         if self.complete:
             self._end()

@@ -32,7 +32,9 @@ from rma.routing.proxy import (
     retry_safe,
     timeout_for,
 )
+from rma.routing.report import TrafficReporter
 from rma.routing.table import Endpoint, Table, TableSource
+from rma.routing.traffic import ServiceCounts, Traffic
 from rma.routing.upstream import UpstreamError
 
 log = logging.getLogger("rma.routing")
@@ -102,7 +104,8 @@ class ServiceRouter:
 
     def __init__(self, source: TableSource, prefix: str = "/service", aliases: Mapping[str, str] | None = None,
                  strip_headers: frozenset[bytes] = frozenset(), rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic, health_every_s: float = HEALTH_EVERY_S) -> None:
+                 clock: Callable[[], float] = time.monotonic, health_every_s: float = HEALTH_EVERY_S,
+                 reporter: TrafficReporter | None = None) -> None:
         self.source = source
         self.prefix = prefix.rstrip("/")
         self.aliases = dict(aliases or {})
@@ -113,13 +116,18 @@ class ServiceRouter:
         self.forwarder = Forwarder()
         self.clock = clock
         self.health_every_s = health_every_s
+        self.traffic = Traffic(clock())
+        self.reporter = reporter  # None: the app that holds the router reads `traffic` itself
         self._skip = self.prefix.count("/") + 1  # path segments before the service's own path
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Background loops (table refresh if the source has one, active checks) for the app's lifetime."""
+        """Background loops (table refresh if the source has one, active checks, traffic reports if a
+        reporter was given) for the app's lifetime."""
         control = httpx.AsyncClient(trust_env=False, timeout=PROBE_TIMEOUT_S)
         tasks = [asyncio.create_task(self.check_health(control))]
+        if self.reporter is not None:
+            tasks.append(asyncio.create_task(self.reporter.run(control, self.traffic, self.clock)))
         refresh = getattr(self.source, "refresh", None)
         run = getattr(self.source, "run", None)
         if refresh is not None and run is not None:
@@ -174,17 +182,22 @@ class ServiceRouter:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1003})
             return
+        counts: ServiceCounts | None = None
+        started = self.clock()
         try:
             name, rest = self.split(scope)
             service = resolve(name, self.aliases)
+            counts = self.traffic.of(service)
             table = self.source.current()
             endpoints = table.endpoints(service)
             if not endpoints:
                 reason = table.reasons.get(service) or table.problem or "no worker reports it healthy"
                 raise RouteError(503, f"no healthy replica of {service}", service=service, reason=reason)
-            await self.forward(scope, receive, send, service, endpoints, rest)
+            await self.forward(scope, receive, send, service, endpoints, rest, counts, started)
         except RouteError as error:
             headers = [(b"retry-after", b"5")] if error.status == 503 else []
+            if counts is not None:
+                counts.record(error.status, self.clock() - started)
             await answer(send, error.status, error.body, headers)
 
     def split(self, scope: Scope) -> tuple[str, str]:
@@ -199,7 +212,8 @@ class ServiceRouter:
         return parts[skip], "/" + parts[skip + 1] if len(parts) > skip + 1 else "/"
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, service: str,
-                      endpoints: Sequence[Endpoint], rest: str) -> None:
+                      endpoints: Sequence[Endpoint], rest: str, counts: ServiceCounts, started: float) -> None:
+        """Try replicas in turn; the answer that reaches the client is counted in `counts`, timed from `started`."""
         safe = retry_safe(service, scope["method"])
         try:
             body = await Body.read(scope, receive, keep=safe)
@@ -211,6 +225,7 @@ class ServiceRouter:
         timeout = timeout_for(service)
         self.budget.request()
         tried: list[str] = []
+        relaying = lambda status, now: counts.record(status, now - started)
         while True:
             endpoint = self.balancer.choose(endpoints, tried, self.clock())
             if endpoint is None:
@@ -219,7 +234,8 @@ class ServiceRouter:
             more = len(tried) < len(endpoints)
             self.balancer.begin(endpoint.url)
             try:
-                failure = await self._attempt(endpoint, request, body, timeout, send, receive, safe and more)
+                failure = await self._attempt(endpoint, request, body, timeout, send, receive, safe and more,
+                                              relaying)
             finally:
                 self.balancer.end(endpoint.url)
             if failure is None:
@@ -228,18 +244,20 @@ class ServiceRouter:
                 raise RouteError(failure.status, failure.error, service=service, replica=endpoint.worker_id)
             log.info("retrying %s %s on another replica: %s", scope["method"], service, failure.error)
 
-    async def _attempt(self, endpoint: Endpoint, request: Outgoing, body: Body, timeout: float,
-                       send: Send, receive: Receive, may_retry: bool) -> Failure | None:
+    async def _attempt(self, endpoint: Endpoint, request: Outgoing, body: Body, timeout: float, send: Send,
+                       receive: Receive, may_retry: bool, relaying: Callable[[int, float], None]) -> Failure | None:
+        """One replica's try; `relaying(status, now)` is told when its answer goes to the client."""
         url = endpoint.url
         try:
             response = await self.forwarder.open(url, request, body, timeout)
         except (UpstreamError, TimeoutError, BodyTooLarge, UpstreamBodyLost) as error:
             return self._failed(endpoint, body, error, may_retry)
-        status = response.status
-        self.balancer.answered(url, status, self.clock())
-        if status in RETRY_STATUSES and may_retry and body.replayable and self.budget.allows(self.clock()):
+        status, now = response.status, self.clock()
+        self.balancer.answered(url, status, now)
+        if status in RETRY_STATUSES and may_retry and body.replayable and self.budget.allows(now):
             response.close()
             return Failure(status, f"replica {endpoint.worker_id} answered {status}", True)
+        relaying(status, now)
         try:
             await self.forwarder.relay(response, send, receive)
         except (UpstreamError, TimeoutError) as error:

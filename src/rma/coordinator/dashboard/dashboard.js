@@ -1,8 +1,13 @@
 // The operator's view of the pool: polls the coordinator's admin API every second, no reload.
+// The charts' history changes once a step (10 s), so it is read every few seconds only.
 "use strict";
 
 const TOKEN_KEY = "rma-admin-token";
 const TIERS = { 1: "Tier 1 · GPU", 2: "Tier 2 · CPU", 3: "Tier 3 · storage", 4: "Tier 4 · edge" };
+const HISTORY_EVERY_MS = 5000;
+const NO_HISTORY = { services: {}, workers: {} };
+let history = NO_HISTORY;
+let historyAt = 0;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -29,6 +34,37 @@ function hardware(worker) {
   return parts.join(", ") || "not reported";
 }
 
+function last(values) {
+  const known = (values || []).filter((v) => v !== null);
+  return known.length ? known[known.length - 1] : null;
+}
+
+function fmt(value) {
+  return value >= 100 ? String(Math.round(value)) : String(Number(value.toPrecision(2)));
+}
+
+function chart(node, label) {
+  return el("div", { class: `chart ${node.dataset.series}` }, node, el("div", { class: "figure" }, label));
+}
+
+function serviceCharts(series) {
+  const s = series || { t: [], rps: [], errors: [], p50_ms: [], p95_ms: [], healthy: [] };
+  const rps = last(s.rps);
+  const errors = last(s.errors);
+  const p50 = last(s.p50_ms);
+  const p95 = last(s.p95_ms);
+  const healthy = last(s.healthy);
+  const traffic = el("span", {}, rps === null ? "– req/s" : `${fmt(rps)} req/s`);
+  if (errors) traffic.append(el("div", { class: "errors" }, `${fmt(errors)} 5xx/s`));
+  return el("div", { class: "charts" },
+    chart(sparkline("rps", s.t, [{ values: s.rps, cls: "rps" }, { values: s.errors, cls: "errors" }], 1,
+      "requests/s, and those answered 5xx"), traffic),
+    chart(sparkline("latency", s.t, [{ values: s.p50_ms, cls: "p50" }, { values: s.p95_ms, cls: "p95" }], 1,
+      "latency p50 and p95 (ms)"), p50 === null ? "p50 – ms" : `p50 ${fmt(p50)} · p95 ${fmt(p95)} ms`),
+    chart(sparkline("healthy", s.t, [{ values: s.healthy, cls: "healthy" }], 1, "healthy replicas"),
+      healthy === null ? "– healthy" : `${healthy} healthy`));
+}
+
 function renderServices(services, gaps) {
   const byName = Object.fromEntries(gaps.gaps.map((g) => [g.service, g]));
   const tiers = document.getElementById("tiers");
@@ -40,7 +76,9 @@ function renderServices(services, gaps) {
       const card = el("div", { class: "service", "data-service": service.name, "data-status": gap.status },
         el("span", { class: "name" }, service.name),
         el("span", { class: "count" }, `${gap.healthy_replicas} healthy / ${gap.current_workers} assigned`));
-      if (gap.reason) card.append(el("div", { class: "reason" }, gap.reason));
+      if (gap.engines.length) card.append(el("div", { class: "engines" }, `engine: ${gap.engines.join(", ")}`));
+      if (gap.reason) card.append(el("div", { class: "reason", title: gap.reason }, gap.short_reason));
+      card.append(serviceCharts(history.services[service.name]));
       column.append(card);
     }
     tiers.append(column);
@@ -56,9 +94,17 @@ function renderWorkers(workers) {
       const state = (w.services_status[name] || {}).state || "assigned";
       services.append(el("div", { class: `state-${state}` }, `${name}: ${state}`));
     }
+    const past = history.workers[w.worker_id] || { t: [], cpu: [], ram: [], load: [] };
+    const metrics = w.metrics || {};
     body.append(el("tr", { "data-worker": w.worker_id, "data-healthy": String(w.healthy) },
       el("td", {}, w.worker_id), el("td", {}, w.healthy ? w.worker_type : `${w.worker_type} (down)`),
-      el("td", {}, hardware(w)), services, el("td", {}, w.current_load.toFixed(2)),
+      el("td", {}, hardware(w)), services,
+      el("td", {}, chart(sparkline("cpu", past.t, [{ values: past.cpu, cls: "cpu" }], 100, "CPU %"),
+        `${Math.round(metrics.cpu_percent || 0)} %`)),
+      el("td", {}, chart(sparkline("ram", past.t, [{ values: past.ram, cls: "ram" }], 100, "RAM %"),
+        `${Math.round(metrics.ram_percent || 0)} %`)),
+      el("td", {}, chart(sparkline("load", past.t, [{ values: past.load, cls: "load" }], 1, "load"),
+        w.current_load.toFixed(2))),
       el("td", {}, `${w.age_seconds.toFixed(1)} s ago`)));
   }
 }
@@ -74,9 +120,15 @@ function renderEvents(events) {
 
 async function refresh() {
   try {
-    const [workers, gaps, services, events] = await Promise.all([
+    const historyDue = Date.now() - historyAt >= HISTORY_EVERY_MS;
+    const [workers, gaps, services, events, fresh] = await Promise.all([
       get("/api/admin/workers"), get("/api/admin/gaps"), get("/api/admin/services"), get("/api/admin/events"),
+      historyDue ? get("/api/admin/history") : null,
     ]);
+    if (fresh) {
+      history = fresh;
+      historyAt = Date.now();
+    }
     document.getElementById("login").hidden = true;
     document.getElementById("pool").hidden = false;
     document.getElementById("summary").textContent =

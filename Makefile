@@ -31,6 +31,8 @@ system-packages:
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# A root worker runs the stores without an account of their own (S3, graph) as this unprivileged one.
+	@if [ "$$(id -u)" = 0 ] && ! id rma >/dev/null 2>&1; then useradd --system --no-create-home --shell /usr/sbin/nologin rma; fi
 
 up: $(STAMP) system-packages
 	$(VENV)/bin/rma up

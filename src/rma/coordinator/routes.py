@@ -251,8 +251,12 @@ async def discover(service: str, request: Request) -> dict[str, Any]:
     trusted = is_admin(request, state.settings.admin_token) or has_api_key(request, state.settings.api_keys)
     if secret is not None and trusted:
         for replica in replicas:
+            engine = registry.engine_of(service, replica["worker_id"])
             replica["secret"] = secret
-            replica["connection_url"] = CONNECTION_URLS[service](replica["host"], replica["port"], secret)
+            replica["engine"] = engine
+            replica["connection_url"] = CONNECTION_URLS[service](replica["host"], replica["port"], secret, engine)
+            if service == "minio":
+                replica |= {"endpoint": replica["url"], "access_key": BY_NAME[service].engine(engine or "minio").user}
     return {"service": service, "workers": replicas, "count": len(replicas),
             "recommended": replicas[0]["worker_id"]}
 

@@ -45,13 +45,19 @@ STORE_VARIABLES: dict[str, Callable[[str, int], dict[str, str]]] = {
     "neo4j": lambda h, p: {"NEO4J_URI": f"bolt://{_host(h)}:7687", "NEO4J_HTTP_URI": f"http://{_host(h)}:{p}"},
 }
 
-# service → how a client connects to a replica, given its secret.
-CONNECTION_URLS: dict[str, Callable[[str, int, str], str]] = {
-    "redis": lambda h, p, s: f"redis://:{quote(s, safe='')}@{_host(h)}:{p}/0",
-    "postgres": lambda h, p, s: f"postgresql://rma:{quote(s, safe='')}@{_host(h)}:{p}/rma",
-    "chromadb": lambda h, p, s: f"http://{_host(h)}:{p}",
-    "minio": lambda h, p, s: f"http://{_host(h)}:{p}",
-    "neo4j": lambda h, p, s: f"http://{_host(h)}:{p}",
+def _user(service: str, engine: str | None) -> str:
+    """The account clients of the store log in as on `engine` (the catalogue's), its first engine's if unknown."""
+    store = BY_NAME[service]
+    return quote((store.engine(engine) if engine else store.engines[0]).user, safe="")
+
+
+# service → how a client connects to a replica at host:port, given its secret and the engine it runs.
+CONNECTION_URLS: dict[str, Callable[[str, int, str, str | None], str]] = {
+    "redis": lambda h, p, s, e: f"redis://:{quote(s, safe='')}@{_host(h)}:{p}/0",
+    "postgres": lambda h, p, s, e: f"postgresql://{_user('postgres', e)}:{quote(s, safe='')}@{_host(h)}:{p}/rma",
+    "chromadb": lambda h, p, s, e: f"http://{_host(h)}:{p}",
+    "minio": lambda h, p, s, e: f"s3://{_user('minio', e)}:{quote(s, safe='')}@{_host(h)}:{p}",
+    "neo4j": lambda h, p, s, e: f"bolt://{_user('neo4j', e)}:{quote(s, safe='')}@{_host(h)}:7687",
 }
 
 

@@ -1,28 +1,38 @@
-"""minio: the MinIO object store server, its buckets under the worker's data dir.
+"""minio: the pool's S3 object store, its buckets under the worker's data dir, on one of two engines.
 
-Offered only where a real `minio` binary is installed (no package registry here carries it).
-The root credentials travel in the environment, which only this user and root can read; the
-startup banner, which would print them, is anonymised; the web console stays off.
+The MinIO server, offered only where a real `minio` binary is installed (no package registry
+here carries it): the root credentials travel in the environment, which only this user and root
+can read; the startup banner, which would print them, is anonymised; the web console stays off.
+SeaweedFS's `weed mini` (rma.services.seaweedfs) where there is no MinIO: the same access key
+and secret, S3 on the same port.
 """
 
 from __future__ import annotations
 
+from rma import catalog
+from rma.services import seaweedfs
 from rma.services.base import Context, Launch, ServiceDriver, require_secret
 
-ROOT_USER = "rma"
+ROOT_USER = catalog.get("minio").engine("seaweedfs").user  # the access key on either engine
 DATA = "data"
 
 
 class Minio(ServiceDriver):
     name = "minio"
-    engine = "minio"
+    engines = ("minio", seaweedfs.ENGINE)
+    engine = engines[0]
 
     def prepare(self, ctx: Context) -> None:
-        require_secret(ctx, self.name)
+        secret = require_secret(ctx, self.name)
         super().prepare(ctx)
-        (ctx.data_dir / DATA).mkdir(exist_ok=True)
+        if ctx.engine == seaweedfs.ENGINE:
+            seaweedfs.prepare(ctx, ROOT_USER, secret)
+        else:
+            (ctx.data_dir / DATA).mkdir(exist_ok=True)
 
     def launch(self, ctx: Context) -> Launch:
+        if ctx.engine == seaweedfs.ENGINE:
+            return seaweedfs.launch(ctx)
         host = f"[{ctx.host}]" if ":" in ctx.host else ctx.host
         return Launch(
             ("minio", "server", str(ctx.data_dir.resolve() / DATA), "--address", f"{host}:{ctx.port}", "--anonymous"),
@@ -30,3 +40,8 @@ class Minio(ServiceDriver):
                  "MINIO_BROWSER": "off"},
             cwd=ctx.data_dir,
         )
+
+    async def healthy(self, ctx: Context) -> bool:
+        if ctx.engine == seaweedfs.ENGINE:
+            return await seaweedfs.healthy(ctx, ROOT_USER)
+        return await super().healthy(ctx)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 
+from rma import catalog
 from rma.services.accounts import as_server, check_reachable, service_account
 from rma.services.base import (
     HEALTH_TIMEOUT_S,
@@ -30,7 +31,8 @@ from rma.services.base import (
     write_private,
 )
 
-USER = "rma"  # the superuser and its database: the coordinator's connection URL names both
+# The superuser and its database: the coordinator's connection URL names both.
+USER = catalog.get("postgres").engine("postgres").user
 DATABASE = "rma"
 RUN_AS = "postgres"  # the account a root worker runs the server as (Debian's postgresql creates it)
 PGDATA = "pgdata"

@@ -197,6 +197,7 @@ def run_pool(folder: Path, seconds: float) -> dict[str, float]:
     """Every store's workload through the connection URL discovery hands out."""
     port = free_port("127.0.0.1")
     url = f"http://127.0.0.1:{port}"
+    folder.mkdir(parents=True, exist_ok=True)
     log = open(folder / "pool.log", "ab")  # noqa: SIM115 - the children write to it until the end
     procs = [subprocess.Popen([sys.executable, "-m", "rma", "coordinator", "--port", str(port), "--data-dir",
                                str(folder / "coordinator"), "--heartbeat-interval", "1"],

@@ -53,7 +53,9 @@ image: $(STAMP) system-packages
 
 bench: $(STAMP)
 	$(MAKE) system-packages PACKAGES="$(DEBIAN_PACKAGES) $(BENCH_DEBIAN_PACKAGES)"
-	$(PY) bench/coordinator_scale.py
+	$(PY) bench/up_ready.py
+	$(PY) bench/coordinator_scale.py --seed-shape
+	$(PY) bench/stores.py
 	$(PY) bench/failover.py
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/fastpath_cost.py

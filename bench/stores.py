@@ -170,11 +170,17 @@ def run_direct(store: str, folder: Path, seconds: float) -> dict[str, Any]:
         figure = workload(direct_url(store, ctx), seconds) if workload else float("nan")
         return {"engine": ctx.engine, "start_s": start_s, "rss_mb": rss, "label": label, "direct": figure}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, signal.SIGTERM, 20)
+
+
+def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout: float) -> None:
+    """Signal the process's whole group, then KILL it if it has not exited within `timeout`."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _runnable(store: str, engine: str) -> bool:
@@ -215,11 +221,7 @@ def run_pool(folder: Path, seconds: float) -> dict[str, float]:
         return found
     finally:
         for proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc, signal.SIGTERM, 30)
         log.close()
 
 

@@ -10,32 +10,26 @@ seconds to ready for each start and the ready line itself (services covered, and
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from rma.services.base import free_port
+from stores import stop_group
+
 RMA = Path(sys.executable).parent / "rma"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def one_start(data_dir: Path, log: Path, timeout: float) -> tuple[float, str]:
     """Seconds from launch to the ready line, and the line."""
     started = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(RMA), "up", "--port", str(free_port()), "--data-dir", str(data_dir)],
+        proc = subprocess.Popen([str(RMA), "up", "--port", str(free_port("127.0.0.1")), "--data-dir", str(data_dir)],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while time.monotonic() - started < timeout:
@@ -47,11 +41,7 @@ def one_start(data_dir: Path, log: Path, timeout: float) -> tuple[float, str]:
             time.sleep(0.2)
         raise RuntimeError(f"no ready line in {timeout:.0f} s:\n{log.read_text()}")
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, signal.SIGINT, 60)
 
 
 def main() -> None:

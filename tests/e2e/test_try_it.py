@@ -123,6 +123,7 @@ def test_every_service_this_machine_can_run_is_healthy_when_ready(pool: Up) -> N
                          ids=[e[0] for e in EXPECTED])
 def test_readme_try_it_block_answers(pool: Up, index: int, marker: str, shows: tuple[str, ...]) -> None:
     wait_until(lambda: "Ready:" in pool.text(), READY_TIMEOUT_S, 0.5, what="the pool ready")
+    wait_until(lambda: all_healthy(pool), 60, 0.5, what="every service healthy (a replica restarted?)")
     blocks = try_it_blocks()
     assert len(blocks) == len(EXPECTED), "a Try-it block was added or removed: update EXPECTED"
     language, code = blocks[index]
@@ -135,6 +136,11 @@ def test_readme_try_it_block_answers(pool: Up, index: int, marker: str, shows: t
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     for expected in shows:
         assert expected in done.stdout, done.stdout
+
+
+def all_healthy(pool: Up) -> bool:
+    gaps = httpx.get(f"{pool.coordinator}/api/admin/gaps", timeout=5).json()["gaps"]
+    return all(g["healthy_replicas"] > 0 for g in gaps if g["service"] in RUNNABLE_HERE)
 
 
 def test_status_fits_an_80_column_terminal(pool: Up) -> None:

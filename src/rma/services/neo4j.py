@@ -30,6 +30,7 @@ from rma import catalog
 from rma.services.accounts import STORE_ACCOUNT, as_server, check_reachable, service_account
 from rma.services.base import (
     HEALTH_TIMEOUT_S,
+    LOCATION_VARIABLES,
     Context,
     Launch,
     ServiceDriver,
@@ -79,13 +80,12 @@ class Neo4j(ServiceDriver):
     name = "neo4j"
     engines = (NEO4J, ARCADEDB)
     engine = NEO4J
+    passes = (*LOCATION_VARIABLES, "JAVA_HOME")  # Neo4j's scripts look for Java there first
 
     def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
         if engine != ARCADEDB:
             return None
-        if _runtime() is None:
-            return "arcadedb-embedded has no Java runtime or jars here"
-        return None if find_spec("neo4j") else "no neo4j Python driver (the health check's Bolt client)"
+        return "arcadedb-embedded has no Java runtime or jars here" if _runtime() is None else None
 
     def prepare(self, ctx: Context) -> None:
         secret = require_secret(ctx, self.name)

@@ -23,17 +23,16 @@ import socket
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from minio import Minio
 
 from rma import catalog
 from rma.services.accounts import STORE_ACCOUNT, as_server, check_reachable, service_account
 from rma.services.base import HEALTH_TIMEOUT_S, Context, Launch, probe_host, write_private
+
+if TYPE_CHECKING:
+    import minio
 
 ENGINE = "seaweedfs"
 FOLDER = "seaweedfs"  # weed's -dir, its account's; the minio engine's buckets are in "data"
@@ -154,9 +153,11 @@ async def healthy(ctx: Context, user: str) -> bool:
 
 
 @lru_cache(maxsize=4)
-def _client(endpoint: str, user: str, secret: str) -> Minio:
+def _client(endpoint: str, user: str, secret: str) -> minio.Minio:
     """The S3 client that signs the probe's URLs, locally: no request of its own."""
-    return Minio(endpoint, user, secret, secure=False, region=REGION)
+    import minio  # the storage extra's (the catalogue lists it): imported only where this engine runs
+
+    return minio.Minio(endpoint, user, secret, secure=False, region=REGION)
 
 
 def ports(ctx: Context) -> dict[str, int]:
@@ -226,6 +227,11 @@ def _security(folder: Path) -> str:
 
 def _grpc_identity() -> tuple[str, str]:
     """A self-signed P-256 certificate for server and client use, as PEM (certificate, key)."""
+    from cryptography import x509  # the storage extra's, as minio is
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rma-seaweedfs")])
     now = datetime.datetime.now(datetime.UTC)

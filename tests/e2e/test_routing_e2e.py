@@ -22,14 +22,17 @@ def test_edge_worker_runs_the_routers_and_they_route(processes: list[RmaProcess]
     coordinator, url = start_coordinator(tmp_path, interval=1.0)
     processes.append(coordinator)
     start_worker(processes, tmp_path, url, "edge", "w-edge")
-    for router in ("edge-proxy", "load-balancer"):
-        found = wait_until(lambda r=router: replica(url, r), 40, what=f"{router} healthy on the edge worker")
-        assert found["worker_id"] == "w-edge"
-        wait_until(lambda: replica(url, "coordinator"), 40, what="a coordinator replica on the edge worker")
+    found = {r: wait_until(lambda r=r: replica(url, r), 40, what=f"{r} healthy on the edge worker")
+             for r in ("edge-proxy", "load-balancer")}
+    assert {f["worker_id"] for f in found.values()} == {"w-edge"}
+    wait_until(lambda: replica(url, "coordinator"), 40, what="a coordinator replica on the edge worker")
 
-        def through(found: dict[str, Any] = found) -> httpx.Response | None:
-            answer = httpx.get(f"{found['url']}/service/coordinator/health", timeout=3)
-            return answer if answer.status_code == 200 else None
+    def through(router: str) -> httpx.Response | None:
+        answer = httpx.get(f"{found[router]['url']}/service/coordinator/health", timeout=3)
+        return answer if answer.status_code == 200 else None
 
-        answer = wait_until(through, 15, what=f"/service/coordinator/health through {router}")
-        assert answer.json()["status"] == "healthy"
+    # The load balancer (internal traffic) routes to the pool's own parts; the public edge never does.
+    answer = wait_until(lambda: through("load-balancer"), 15, what="/service/coordinator/health through the LB")
+    assert answer.json()["status"] == "healthy"
+    refused = httpx.get(f"{found['edge-proxy']['url']}/service/coordinator/health", timeout=3)
+    assert refused.status_code == 404 and "error" in refused.json()

@@ -14,6 +14,7 @@ from rma.routing import router as router_module
 from rma.routing.app import RoutingApp
 from rma.routing.fastpath import FastPath
 from rma.routing.gateway import Gateway, GatewaySettings
+from rma.routing.heads import plain_head
 from rma.routing.router import ServiceRouter
 from rma.routing.server import Request, serve_forever
 from rma.routing.table import CallableSource
@@ -25,6 +26,8 @@ ODD_ANSWERS = {
     b"/private": b"HTTP/1.1 200 OK\r\nconnection: x-private\r\nx-private: secret\r\ncontent-length: 2\r\n\r\nok",
     # bytes past a complete answer: a second answer nobody asked for
     b"/overrun": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
+    # a body whatever the method, also after the head of an answer to HEAD
+    b"/head-body": b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
 }
 
 
@@ -60,6 +63,13 @@ class Backend:
                     return
                 if path in ODD_ANSWERS:
                     writer.write(ODD_ANSWERS[path])
+                    await writer.drain()
+                    continue
+                if path == b"/head-body-later":  # the same, the body a moment after the head
+                    writer.write(ODD_ANSWERS[b"/head-body"][:-6])
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                    writer.write(b"forged")
                     await writer.drain()
                     continue
                 if path.startswith(b"/until-close"):  # no length, no chunks: the answer ends with the connection
@@ -142,13 +152,16 @@ async def exchange(port: int, requests: bytes, answers: int = 1) -> list[tuple[b
     return out
 
 
-async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+async def read_answer(reader: asyncio.StreamReader, head_only: bool = False) -> tuple[bytes, bytes]:
+    """The next answer's head and body; `head_only`: the answer to a HEAD request, which has no body."""
     head = await reader.readuntil(b"\r\n\r\n")
+    if head_only:
+        return head, b""
     if b"transfer-encoding: chunked" in head.lower():
         return head, await reader.readuntil(b"0\r\n\r\n")
     length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(
         b"content-length")), 0)
-    return head, await reader.readexactly(length) if b"HEAD" not in head else b""
+    return head, await reader.readexactly(length)
 
 
 def get(path: str, extra: str = "") -> bytes:
@@ -169,15 +182,51 @@ def test_a_pooled_connection_carries_plain_requests_on_the_fast_path_unchanged()
     run(test)
 
 
+def head(path: str) -> bytes:
+    return f"HEAD {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode()
+
+
+async def pipelined(port: int, requests: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """`requests` in one write on one connection; their answers, read as the client would (none for HEAD
+    has a body), and then nothing more on the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"".join(requests))
+    answers = [await read_answer(reader, head_only=r.startswith(b"HEAD ")) for r in requests]
+    try:
+        extra = await asyncio.wait_for(reader.read(1 << 16), 0.3)
+    except TimeoutError:
+        extra = None
+    assert extra is None, f"after the last answer: {extra!r}"
+    writer.close()
+    return answers
+
+
 def test_statuses_head_and_pipelined_requests_pass_through_in_order() -> None:
     async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
         await exchange(port, get("/service/ner/warm"))
-        head_request = b"HEAD /service/ner/kb HTTP/1.1\r\nhost: x\r\n\r\n"
-        answers = await exchange(port, get("/service/ner/missing") + head_request + get("/service/ner/third"), 3)
-        assert taken[1:] == [True, True, True]
+        answers = await pipelined(port, [get("/service/ner/missing"), head("/service/ner/kb"),
+                                         get("/service/ner/third")])
+        assert taken[1:] == [True, True, False]  # a connection that answered HEAD is not reused: the third connects
         assert answers[0][0].startswith(b"HTTP/1.1 404") and answers[0][1] == b"b0 /missing"
         assert answers[1][0].startswith(b"HTTP/1.1 200") and b"content-length: 6" in answers[1][0]
-        assert answers[2][1] == b"b0 /third"
+        assert answers[2][0].startswith(b"HTTP/1.1 200") and answers[2][1] == b"b0 /third"
+    run(test)
+
+
+@pytest.mark.parametrize("path", ["/service/ner/head-body", "/service/ner/head-body-later"])
+@pytest.mark.parametrize("warm", [True, False])  # on the fast path (a pooled connection), and through the router
+def test_a_body_after_a_head_answer_never_reaches_the_client(path: str, warm: bool) -> None:
+    async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
+        if warm:
+            await exchange(port, get("/service/ner/warm"))
+        answers = await pipelined(port, [head(path), get("/service/ner/third")])
+        assert taken[-2] is warm
+        assert answers[0][0].startswith(b"HTTP/1.1 200") and b"content-length: 6" in answers[0][0]
+        assert answers[1][0].startswith(b"HTTP/1.1 200") and answers[1][1] == b"b0 /third", answers[1]
+        # the connection that carried the stray body was dropped as out of step, none in the pool is
+        await asyncio.wait_for(backends[0].closed_by_peer.wait(), 2)
+        again = await pipelined(port, [get("/service/ner/kb")])
+        assert again[0][1] == b"b0 /kb"
     run(test)
 
 
@@ -277,12 +326,15 @@ def test_answers_the_pass_through_cannot_carry_are_reframed_on_the_fast_path() -
     run(test)
 
 
-def test_bytes_past_an_answer_never_reach_the_client() -> None:
+@pytest.mark.parametrize("warm", [True, False])  # on the fast path (a pooled connection), and through the router
+def test_bytes_past_an_answer_never_reach_the_client(warm: bool) -> None:
     async def test(port: int, backends: list[Backend], taken: list[bool]) -> None:
-        await exchange(port, get("/service/ner/warm"))
-        answers = await exchange(port, get("/service/ner/overrun") + get("/service/ner/kb"), 2)
-        assert taken[1] is True
-        assert answers[0][0].startswith((b"HTTP/1.1 200", b"HTTP/1.1 502")) and b"forged" not in answers[0][1]
+        if warm:
+            await exchange(port, get("/service/ner/warm"))
+        answers = await pipelined(port, [get("/service/ner/overrun"), get("/service/ner/kb")])
+        assert taken[-2] is warm
+        assert answers[0] == (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"ok") or \
+            answers[0][0].startswith(b"HTTP/1.1 502"), answers[0]
         assert answers[1][1] == b"b0 /kb"  # the next answer on the client's connection is its own
         again = await exchange(port, get("/service/ner/kb"))  # and the pool holds no connection out of step
         assert again[0][1] == b"b0 /kb"
@@ -318,7 +370,7 @@ def test_a_silent_replica_is_timed_out_by_the_sweep(monkeypatch: pytest.MonkeyPa
 ])
 def test_an_answer_head_passes_as_it_is_less_hop_by_hop_lines_only_when_plain(
         head: bytes, complete: bool, passed: bytes | None) -> None:
-    assert fastpath.plain_head(head, complete) == passed
+    assert plain_head(head, complete) == passed
 
 
 def test_a_client_reading_slowly_holds_back_the_replica_not_the_proxys_memory() -> None:

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from rma.routing.gateway import ALIASES
+from rma.catalog import ALIASES, PUBLIC
 from rma.routing.proxy import HOP_BY_HOP, outgoing, retry_safe
-from rma.routing.router import RouteError, ServiceRouter, resolve
+from rma.routing.router import RouteError, ServiceRouter, edge_services, resolve
 from rma.routing.table import Table
 
 
@@ -34,6 +34,17 @@ def test_hop_by_hop_dropped_forwarded_headers_added_query_kept() -> None:
     assert [v for k, v in headers if k == b"set-thing"] == [b"a", b"b"]
 
 
+def test_an_untrusting_router_sets_x_forwarded_itself() -> None:
+    request = outgoing(scope([
+        (b"host", b"edge.example"), (b"x-forwarded-for", b"198.51.100.1"), (b"x-forwarded-proto", b"http"),
+        (b"x-forwarded-host", b"bank.example"), (b"x-forwarded-port", b"1"), (b"forwarded", b"for=198.51.100.1"),
+        (b"accept", b"text/plain"),
+    ]), "/a", trust_forwarded=False)
+    headers = [tuple(line.split(b": ", 1)) for line in request.lines.split(b"\r\n") if line]
+    assert sorted(headers) == [(b"accept", b"text/plain"), (b"x-forwarded-for", b"203.0.113.9"),
+                               (b"x-forwarded-host", b"edge.example"), (b"x-forwarded-proto", b"https")]
+
+
 def test_retry_safety_follows_method_and_catalogue() -> None:
     assert retry_safe("notes-coa", "GET") and retry_safe("notes-coa", "DELETE")
     assert not retry_safe("notes-coa", "POST") and not retry_safe("llm-inference", "POST")
@@ -47,6 +58,26 @@ def test_resolve_aliases_unknown_and_non_http_services() -> None:
         with pytest.raises(RouteError) as error:
             resolve(name, ALIASES)
         assert error.value.status == status and "error" in error.value.body
+
+
+def test_outside_the_exposed_services_a_name_is_unknown() -> None:
+    assert resolve("ner", ALIASES, PUBLIC) == "ner-extraction"
+    for name in ("coordinator", "chromadb", "minio", "nope"):
+        with pytest.raises(RouteError) as error:
+            resolve(name, ALIASES, PUBLIC)
+        assert error.value.status == 404 and error.value.body["error"] == f"unknown service {name!r}"
+        listed = error.value.body["services"].split(", ")
+        assert "ner" in listed and "ner-extraction" in listed and "coordinator" not in listed
+        assert "chromadb" not in listed
+
+
+def test_the_edge_routes_public_services_only() -> None:
+    assert edge_services([]) == PUBLIC == {"llm-inference", "vision-ocr", "rag-embeddings", "ner-extraction",
+                                          "document-processing", "notes-coa"}
+    assert edge_services(["ner", "notes-coa"]) == {"ner-extraction", "notes-coa"}
+    for name in ("coordinator", "chromadb", "edge-proxy", "nope"):
+        with pytest.raises(ValueError, match=name):
+            edge_services(["ner", name])
 
 
 class Empty:

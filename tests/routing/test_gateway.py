@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import httpx
+import pytest
 from starlette.types import Receive, Scope, Send
 
 from rma.routing.gateway import Gateway, GatewaySettings, RateLimiter
@@ -98,3 +99,13 @@ def test_rate_limiter_refills_and_stays_bounded() -> None:
     for i in range(20_000):
         limiter.wait(f"c{i}", 100.0 + i)
     assert len(limiter.buckets) <= 10_000
+
+
+def test_settings_from_the_edge_proxys_variables() -> None:
+    assert GatewaySettings.from_env({}) == GatewaySettings()
+    env = {"RMA_API_KEYS": "k1, k2,", "RMA_CORS_ORIGINS": "https://app.example", "RMA_MAX_BODY_MB": "1.5",
+           "RMA_RATE_LIMIT": "0", "RMA_RATE_BURST": "3"}
+    assert GatewaySettings.from_env(env) == GatewaySettings(("k1", "k2"), ("https://app.example",), 3 << 19, 0, 3)
+    for name, value in (("RMA_MAX_BODY_MB", "lots"), ("RMA_RATE_BURST", "0"), ("RMA_RATE_LIMIT", "nan")):
+        with pytest.raises(ValueError, match=name):
+            GatewaySettings.from_env({name: value})

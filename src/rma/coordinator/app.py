@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from rma.coordinator.store import Store
 from rma.coordinator.watch import Watchers
 from rma.placement import gap_report
 from rma.protocol import ApiError
-from rma.routing import ServiceRouter, service_router
+from rma.routing import GatewaySettings, ServiceRouter, coordinator_service
 
 log = logging.getLogger("rma.coordinator")
 DASHBOARD = Path(__file__).parent / "dashboard"
@@ -50,7 +51,7 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Uploads through /service stream to a replica; the routing engine caps those itself.
+        # Uploads through /service stream to a replica; the gateway in front of it caps those itself.
         if scope["type"] != "http" or scope["path"].startswith("/service/"):
             await self.app(scope, receive, send)
             return
@@ -122,8 +123,12 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
 
-def create_app(settings: CoordinatorSettings) -> Starlette:
-    """The coordinator app: the worker protocol on plain Starlette, everything else on FastAPI."""
+def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = None) -> Starlette:
+    """The coordinator app: the worker protocol on plain Starlette, everything else on FastAPI.
+
+    `/service` goes through `gateway`; by default the edge proxy's settings, read from the same
+    variables (RMA_API_KEYS, RMA_CORS_ORIGINS, RMA_MAX_BODY_MB, RMA_RATE_LIMIT, RMA_RATE_BURST).
+    """
     store = Store(settings.data_dir / "registry.sqlite3")
     registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown)
     answers = Answers(registry, settings.heartbeat_interval)
@@ -153,12 +158,14 @@ def create_app(settings: CoordinatorSettings) -> Starlette:
     api = FastAPI(title="RMA pool coordinator", exception_handlers=handlers)
     api.state.coordinator = state
     api.include_router(router)
-    # The coordinator's own `/service/{name}/{path}`: the routing engine over the registry itself.
-    services = service_router(registry.routing_table, reasons=lambda: _gap_reasons(registry))
+    # The coordinator's own `/service/{name}/{path}`: the routing engine over the registry itself, guarded as
+    # the edge proxy is (a second public way to the services).
+    gateway = gateway or GatewaySettings.from_env(os.environ)
+    services, guarded = coordinator_service(registry.routing_table, gateway, reasons=lambda: _gap_reasons(registry))
     app = Starlette(
         routes=[
             *worker_routes(state),
-            Mount("/service", app=services),
+            Mount("/service", app=guarded),
             # The operator's dashboard: static files that read /api/admin (and its token) like any client.
             Route("/", _dashboard_page, methods=["GET"]),
             Mount("/dashboard", app=StaticFiles(directory=DASHBOARD)),

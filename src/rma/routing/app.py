@@ -16,8 +16,9 @@ from typing import Any
 import uvloop
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rma import catalog
 from rma.routing.fastpath import FastPath
-from rma.routing.gateway import ALIASES, API_KEY_HEADER, Gateway, GatewaySettings
+from rma.routing.gateway import API_KEY_HEADER, Gateway, GatewaySettings
 from rma.routing.report import TrafficReporter
 from rma.routing.router import ServiceRouter, answer
 from rma.routing.server import serve_forever
@@ -67,36 +68,48 @@ class RoutingApp:
         await answer(send, 200 if table.loaded else 503, body)
 
 
-def _router(settings: RouterSettings, aliases: Mapping[str, str], strip: frozenset[bytes]) -> ServiceRouter:
-    source = HttpTableSource(settings.coordinator_urls, settings.admin_token, settings.refresh_s)
-    reporter = TrafficReporter(settings.coordinator_urls, settings.admin_token)
-    return ServiceRouter(source, aliases=aliases, strip_headers=strip, reporter=reporter)
+def _source(settings: RouterSettings) -> HttpTableSource:
+    return HttpTableSource(settings.coordinator_urls, settings.admin_token, settings.refresh_s)
+
+
+def _reporter(settings: RouterSettings) -> TrafficReporter:
+    return TrafficReporter(settings.coordinator_urls, settings.admin_token)
 
 
 def create_load_balancer(settings: RouterSettings) -> RoutingApp:
-    """Internal traffic: the routing engine alone (plus `GET /routing`, the replicas as it sees them)."""
-    router = _router(settings, ALIASES, frozenset())
+    """Internal traffic: the routing engine alone (plus `GET /routing`, the replicas as it sees them).
+
+    It routes every service, and keeps the X-Forwarded-* its callers (the pool's own services) send.
+    """
+    router = ServiceRouter(_source(settings), aliases=catalog.ALIASES, reporter=_reporter(settings))
     return RoutingApp("load-balancer", router, router, show_replicas=True)
 
 
-def create_edge_proxy(settings: RouterSettings, gateway: GatewaySettings) -> RoutingApp:
-    """The public gateway: keys, CORS, body cap and rate limit in front of the same engine.
+def create_edge_proxy(settings: RouterSettings, gateway: GatewaySettings,
+                      services: frozenset[str] = catalog.PUBLIC) -> RoutingApp:
+    """The public gateway: keys, CORS, body cap and rate limit in front of the same engine, for `services` only
+    (any other name is unknown here), with X-Forwarded-* set by the edge alone.
 
     The client's API key is for this gateway only and is not passed on to the services.
     """
-    router = _router(settings, ALIASES, frozenset({API_KEY_HEADER}))
+    router = ServiceRouter(_source(settings), aliases=catalog.ALIASES, strip_headers=frozenset({API_KEY_HEADER}),
+                           reporter=_reporter(settings), exposed=services, trust_forwarded=False)
     return RoutingApp("edge-proxy", router, Gateway(router, gateway))
 
 
-def service_router(table: Callable[[], Any], reasons: Callable[[], Mapping[str, str]] | None = None) -> ServiceRouter:
-    """The engine over an in-process table (the coordinator's registry), for a `Mount("/service", ...)`.
+def coordinator_service(table: Callable[[], Any], gateway: GatewaySettings,
+                        reasons: Callable[[], Mapping[str, str]] | None = None) -> tuple[ServiceRouter, ASGIApp]:
+    """The engine over an in-process table (the coordinator's registry), and the app for its `Mount("/service",
+    ...)`: the engine behind the edge proxy's gateway, since this too is a public way to the services.
 
     `table()` returns `{service: [replica dicts]}` as `Registry.routing_table()` does; the app
     that mounts it runs `router.running()` in its lifespan (active checks, pooled client), and
-    reads `router.traffic` itself.
+    reads `router.traffic` itself. It routes every service the load balancer does.
     """
     source: TableSource = CallableSource(table, reasons)
-    return ServiceRouter(source, prefix="", aliases=ALIASES)
+    router = ServiceRouter(source, prefix="", aliases=catalog.ALIASES, strip_headers=frozenset({API_KEY_HEADER}),
+                           trust_forwarded=False)
+    return router, Gateway(router, gateway)
 
 
 def serve(app: RoutingApp, host: str, port: int) -> None:

@@ -6,7 +6,9 @@ from urllib.parse import urlsplit
 
 import typer
 
-from rma.routing.gateway import DEFAULT_MAX_BODY, GatewaySettings
+from rma import catalog
+from rma.routing.gateway import DEFAULT_MAX_BODY, MIB, GatewaySettings, comma_list
+from rma.routing.router import edge_services
 from rma.routing.table import REFRESH_S
 
 _COORDINATOR = typer.Option("http://127.0.0.1:8080", envvar="COORDINATOR_URL",
@@ -24,10 +26,6 @@ def _urls(value: str) -> tuple[str, ...]:
     if not urls or bad:
         raise typer.BadParameter(f"need http(s) coordinator URLs, got {value!r}", param_hint="--coordinator-url")
     return urls
-
-
-def _list(value: str | None) -> tuple[str, ...]:
-    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
 def load_balancer(
@@ -54,19 +52,27 @@ def edge_proxy(
                                         help="Comma-separated client keys; once set, X-API-Key is required."),
     cors_origins: str | None = typer.Option(None, envvar="RMA_CORS_ORIGINS", show_default=False,
                                             help="Comma-separated origins browsers may call from ('*': any)."),
-    max_body_mb: float = typer.Option(DEFAULT_MAX_BODY / (1 << 20), envvar="RMA_MAX_BODY_MB", min=0,
+    max_body_mb: float = typer.Option(DEFAULT_MAX_BODY / MIB, envvar="RMA_MAX_BODY_MB", min=0,
                                       help="Largest request body accepted, in MiB."),
     rate_limit: float = typer.Option(100.0, envvar="RMA_RATE_LIMIT", min=0,
                                      help="Requests per second per client address (0: no limit)."),
     rate_burst: float = typer.Option(200.0, envvar="RMA_RATE_BURST", min=1, help="Burst a client may send at once."),
+    services: str | None = typer.Option(None, "--edge-services", envvar="RMA_EDGE_SERVICES", show_default=False,
+                                        help="Comma-separated services (or short names) the edge routes, of the "
+                                             f"application services; default all of them: "
+                                             f"{', '.join(sorted(catalog.PUBLIC))}."),
 ) -> None:
     """Run the edge proxy: the public gateway (keys, CORS, limits) in front of the routing engine."""
     from rma.routing.app import RouterSettings, create_edge_proxy, serve
 
     settings = RouterSettings(host, port, _urls(coordinator_url), admin_token or None, refresh_interval)
-    gateway = GatewaySettings(_list(api_keys), _list(cors_origins), int(max_body_mb * (1 << 20)),
+    gateway = GatewaySettings(comma_list(api_keys), comma_list(cors_origins), int(max_body_mb * MIB),
                               rate_limit, rate_burst)
-    serve(create_edge_proxy(settings, gateway), host, port)
+    try:
+        exposed = edge_services(comma_list(services))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--edge-services") from None
+    serve(create_edge_proxy(settings, gateway, exposed), host, port)
 
 
 def register(app: typer.Typer) -> None:

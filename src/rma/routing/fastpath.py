@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from typing import NamedTuple, TypeVar
@@ -27,8 +26,9 @@ from starlette.types import Message
 
 from rma.routing.balancer import ReplicaHealth
 from rma.routing.gateway import Gateway
-from rma.routing.proxy import HOP_BY_HOP, IDEMPOTENT, Body, answer_headers, forwarded, pure, timeout_for
-from rma.routing.router import RouteError, ServiceRouter, resolve
+from rma.routing.heads import plain_head
+from rma.routing.proxy import IDEMPOTENT, Body, answer_headers, forwarded, pure, timeout_for
+from rma.routing.router import RouteError, ServiceRouter
 from rma.routing.server import Request
 from rma.routing.traffic import ServiceCounts
 from rma.routing.upstream import NO_BODY_STATUSES, Connection, Exchange, UpstreamError, parse
@@ -41,49 +41,7 @@ SWEEP_S = 1.0  # how often silent replicas are looked for: read timeouts are min
 REMEMBERED = 256  # entries per memo (routes, upstream head tails, plain answer heads)
 Key = TypeVar("Key", bound=Hashable)
 Value = TypeVar("Value")
-# In a lowered answer head, what decides whether it passes as it is: (1) a hop-by-hop header line
-# (Transfer-Encoding aside: the chunks pass as they are), (2) Transfer-Encoding, (3) Content-Length,
-# or (no group) a folded line. One regex pass: each `in` or `find` over a head costs about as much.
-MARKERS = re.compile(rb"\r\n(?:(" + b"|".join(sorted(HOP_BY_HOP - {b"transfer-encoding"})) +
-                     rb")|(transfer-encoding)|(content-length))[ \t]*:|\r\n[ \t]")
-CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b""})
 
-
-def plain_head(head: bytes, complete: bool) -> bytes | None:
-    """`head` (status line and header lines, without the blank line) less its hop-by-hop lines, when
-    it can go to an HTTP/1.1 keep-alive client as it is: framed by length or by chunks (or
-    `complete`: no body follows), no folded lines, no `Connection` header naming headers of its
-    own. Else None."""
-    low = head.lower()
-    length = chunked = False
-    cuts = []
-    for marker in MARKERS.finditer(low):
-        kind = marker.lastindex
-        if kind is None:
-            return None  # a folded line
-        stop = low.find(b"\r\n", marker.end())
-        stop = len(low) if stop < 0 else stop
-        value = low[marker.end():stop].strip()
-        if kind == 3:
-            length = True
-        elif kind == 2:
-            if value != b"chunked":
-                return None
-            chunked = True
-        else:
-            if marker[1] == b"connection" and value not in CONNECTION_TOKENS and \
-                    {token.strip() for token in value.split(b",")} - CONNECTION_TOKENS:
-                return None
-            cuts.append((marker.start(), stop))
-    if (chunked and length) or not (chunked or length or complete):
-        return None  # ambiguous, or delimited by the end of the connection: ParsedRelay re-frames it
-    if not cuts:
-        return head
-    kept, start = [], 0
-    for at, stop in cuts:
-        kept.append(head[start:at])
-        start = stop
-    return b"".join(kept) + head[start:]
 
 def remember(memo: dict[Key, Value], key: Key, value: Value) -> Value:
     """`memo[key] = value`, in a memo whose keys come from clients or replicas: past REMEMBERED entries
@@ -143,7 +101,7 @@ class FastPath:
     def route(self, name: bytes) -> Route | None:
         """What a path segment routes to, remembered (the catalogue does not change)."""
         try:
-            service = resolve(name.decode("latin-1"), self.router.aliases) if name else None
+            service = self.router.resolve(name.decode("latin-1")) if name else None
         except RouteError:
             service = None  # the ASGI router answers it (404, 400)
         route = None if service is None else Route(service, pure(service), timeout_for(service),
@@ -156,7 +114,8 @@ class FastPath:
         key = (url, request.method, client[0] if client else None, tuple(request.headers))
         tail = self.tails.get(key)
         if tail is None:
-            outgoing = forwarded(request.method, b"", b"", request.headers, key[2], "http", self.router.skip_headers)
+            outgoing = forwarded(request.method, b"", b"", request.headers, key[2], "http", self.router.skip_headers,
+                                 self.router.trust_forwarded)
             tail = remember(self.tails, key, outgoing.tail(url, NO_BODY))
         return tail
 
@@ -352,7 +311,6 @@ class Relay(Forwarding):
             return
         if self.overrun:
             self._fail(UpstreamError("the replica sent bytes past its answer"))
-            self.conn.abort()
             return
         if self.head_sent:
             out = data
@@ -391,11 +349,12 @@ class Relay(Forwarding):
         self._answered()
         self.head_sent = request.started = True
         self.head = b""
-        return plain + head[end:]
+        return plain + (b"\r\n\r\n" if request.head_only else head[end:])  # an answer to HEAD has no body
 
     def release(self) -> None:
-        reusable = self.complete and self.keep_alive
-        if reusable and not (self.overrun or self.request.head_only):  # llhttp waits for a HEAD answer's body
+        """As `Exchange.release`: kept for the next answer only after a complete one, not to HEAD, in step."""
+        reusable = self.complete and self.keep_alive and not (self.overrun or self.request.head_only)
+        if reusable:
             self.head_sent = self.interim = self.headers_done = self.complete = self.keep_alive = False
         else:
             self._drop_parser()

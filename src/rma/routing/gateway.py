@@ -1,6 +1,7 @@
-"""The edge proxy's public-gateway concerns, in front of the router: keys, CORS, body cap, rate limit.
+"""The public gateway's concerns, in front of the router: keys, CORS, body cap, rate limit.
 
-The load balancer serves internal traffic and skips all of this; the edge proxy faces users.
+It guards every public way to a service: the edge proxy and the coordinator's own `/service`.
+The load balancer serves internal traffic and skips all of this.
 """
 
 from __future__ import annotations
@@ -8,21 +9,17 @@ from __future__ import annotations
 import hmac
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rma.routing.proxy import BodyTooLarge
-from rma.routing.router import answer
+from rma.routing.router import CLOSE, answer
 
-# The original proxy's short names, kept next to the catalogue's full names.
-ALIASES = {
-    "rag": "rag-embeddings", "llm": "llm-inference", "ocr": "vision-ocr", "ner": "ner-extraction",
-    "upload": "document-processing", "notes": "notes-coa",
-}
 API_KEY_HEADER = b"x-api-key"
-DEFAULT_MAX_BODY = 256 << 20  # scanned case files run to tens of MB; 256 MiB leaves room
+MIB = 1 << 20
+DEFAULT_MAX_BODY = 256 * MIB  # scanned case files run to tens of MB; 256 MiB leaves room
 MAX_CLIENTS = 10_000  # rate-limit buckets kept; full (idle) buckets are dropped past this
 CORS_MAX_AGE = b"600"
 
@@ -34,6 +31,33 @@ class GatewaySettings:
     max_body_bytes: int = DEFAULT_MAX_BODY
     rate_per_s: float = 100.0  # per client address; 0 turns rate limiting off
     rate_burst: float = 200.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
+        """The settings from the variables `rma edge-proxy` reads (RMA_API_KEYS, RMA_CORS_ORIGINS,
+        RMA_MAX_BODY_MB, RMA_RATE_LIMIT, RMA_RATE_BURST), for a gateway started without those flags."""
+        default = cls()
+        return cls(comma_list(env.get("RMA_API_KEYS")), comma_list(env.get("RMA_CORS_ORIGINS")),
+                   int(_number(env, "RMA_MAX_BODY_MB", default.max_body_bytes / MIB, 0) * MIB),
+                   _number(env, "RMA_RATE_LIMIT", default.rate_per_s, 0),
+                   _number(env, "RMA_RATE_BURST", default.rate_burst, 1))
+
+
+def comma_list(value: str | None) -> tuple[str, ...]:
+    """The items of a comma-separated setting, stripped, empty ones dropped."""
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _number(env: Mapping[str, str], name: str, default: float, least: float) -> float:
+    """`env[name]` as a number of at least `least`; ValueError, naming the variable, for anything else."""
+    raw = env.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = math.nan
+    if not least <= value < math.inf:  # also refuses NaN
+        raise ValueError(f"{name} must be a number of at least {least:g}, got {raw!r}")
+    return value
 
 
 @dataclass
@@ -114,7 +138,7 @@ class Gateway:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             status, error = (413, f"request body larger than {limit} bytes") if declared.isdigit() else (
                 400, "invalid Content-Length")
-            await answer(send, status, {"error": error})
+            await answer(send, status, {"error": error}, [CLOSE])  # the body is not read: the connection closes
             return
         await self.app(scope, _capped(receive, limit), send)
 

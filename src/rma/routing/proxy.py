@@ -139,17 +139,22 @@ def answer_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
     return [(k, v) for k, v in headers if k not in skip]
 
 
-def outgoing(scope: Scope, path: str, skip: frozenset[bytes] = HOP_BY_HOP) -> Outgoing:
-    """Copy the client's request less the `skip` headers (hop-by-hop ones at least), add X-Forwarded-*;
-    Host is set per replica."""
+def outgoing(scope: Scope, path: str, skip: frozenset[bytes] = HOP_BY_HOP, trust_forwarded: bool = True) -> Outgoing:
+    """Copy the client's request less the `skip` headers (hop-by-hop ones at least), with X-Forwarded-*
+    (`forwarded`); Host is set per replica."""
     client = scope.get("client")
     return forwarded(scope["method"], path.encode("latin-1"), scope.get("query_string", b""), scope["headers"],
-                     client[0] if client else None, scope.get("scheme", "http"), skip)
+                     client[0] if client else None, scope.get("scheme", "http"), skip, trust_forwarded)
 
 
 def forwarded(method: str, path: bytes, query: bytes, client_headers: list[tuple[bytes, bytes]],
-              client_ip: str | None, scheme: str, skip: frozenset[bytes]) -> Outgoing:
-    """`outgoing` from the request's parts, for the fast path, which has no ASGI scope."""
+              client_ip: str | None, scheme: str, skip: frozenset[bytes], trust_forwarded: bool) -> Outgoing:
+    """`outgoing` from the request's parts, for the fast path, which has no ASGI scope.
+
+    X-Forwarded-For gets the client's address, X-Forwarded-Proto and -Host the scheme and Host it used.
+    Trusted (internal traffic), the client's own X-Forwarded-* pass and the address is appended; else
+    every X-Forwarded-* and Forwarded header it sent is dropped: a public client could claim any address.
+    """
     named: set[bytes] = set()
     forwarded_for = original_host = b""
     headers: list[tuple[bytes, bytes]] = []
@@ -159,15 +164,20 @@ def forwarded(method: str, path: bytes, query: bytes, client_headers: list[tuple
         if key in skip:
             if key == b"connection":
                 named.update(token.strip() for token in value.lower().split(b","))
-        elif key == b"x-forwarded-for":
-            forwarded_for = value
         elif key == b"host":
             original_host = value
+        elif key.startswith(b"x-forwarded-") or key == b"forwarded":
+            if not trust_forwarded:
+                continue
+            if key == b"x-forwarded-for":
+                forwarded_for = value
+                continue
+            has_proto = has_proto or key == b"x-forwarded-proto"
+            has_host = has_host or key == b"x-forwarded-host"
+            headers.append((key, value))
         else:
             if key == b"content-length":
                 length = int(value) if value.isdigit() else None
-            has_proto = has_proto or key == b"x-forwarded-proto"
-            has_host = has_host or key == b"x-forwarded-host"
             headers.append((key, value))
     if named - skip:
         headers = [(k, v) for k, v in headers if k not in named]

@@ -43,6 +43,7 @@ RETRY_STATUSES = frozenset({502, 503, 504})  # the replica (or its own upstream)
 ROUTERS = frozenset({"edge-proxy", "load-balancer"})  # routing to a router would only loop
 HEALTH_EVERY_S = 2.0
 PROBE_TIMEOUT_S = 1.0
+CLOSE = (b"connection", b"close")
 
 
 class RouteError(Exception):
@@ -72,12 +73,13 @@ class Failure:
     retry: bool
 
 
-def resolve(name: str, aliases: Mapping[str, str]) -> str:
-    """The catalogue name for `name` (or its alias); RouteError for what cannot be routed over HTTP."""
+def resolve(name: str, aliases: Mapping[str, str], exposed: frozenset[str] | None = None) -> str:
+    """The catalogue name for `name` (or its alias); RouteError for what cannot be routed over HTTP, and
+    a 404 as for an unknown name for a service outside `exposed` (None: every service)."""
     service = aliases.get(name, name)
     known = catalog.BY_NAME.get(service)
-    if known is None:
-        choices = ", ".join([*catalog.BY_NAME, *aliases])
+    if known is None or (exposed is not None and service not in exposed):
+        choices = ", ".join(n for n in [*catalog.BY_NAME, *aliases] if exposed is None or aliases.get(n, n) in exposed)
         raise RouteError(404, f"unknown service {name!r}", services=choices)
     if service in ROUTERS:
         raise RouteError(400, f"{service} is a router itself; call the service you want through it")
@@ -87,12 +89,26 @@ def resolve(name: str, aliases: Mapping[str, str]) -> str:
     return service
 
 
-def probe_targets(table: Table) -> list[tuple[str, str]]:
-    """(replica URL, health path) for each HTTP replica in the table: what the active checks visit."""
+def edge_services(names: Sequence[str]) -> frozenset[str]:
+    """What an edge proxy routes: `names` (catalogue names or aliases), or every public service when there
+    are none. ValueError for a name the catalogue does not mark public: the stores and the pool's own parts
+    stay off the public way in (the coordinator, for one, trusts loopback callers, as an edge proxy on its
+    machine is)."""
+    services = frozenset(catalog.ALIASES.get(name, name) for name in names) or catalog.PUBLIC
+    if services - catalog.PUBLIC:
+        raise ValueError(f"not public services: {', '.join(sorted(services - catalog.PUBLIC))} "
+                         f"(the edge may route {', '.join(sorted(catalog.PUBLIC))})")
+    return services
+
+
+def probe_targets(table: Table, exposed: frozenset[str] | None = None) -> list[tuple[str, str]]:
+    """(replica URL, health path) for each HTTP replica in the table (of the `exposed` services, if given):
+    what the active checks visit."""
     targets = {}
     for name, endpoints in table.services.items():
         service = catalog.BY_NAME.get(name)
-        if service is None or service.health.protocol != "http" or name in ROUTERS:
+        if service is None or service.health.protocol != "http" or name in ROUTERS or \
+                (exposed is not None and name not in exposed):
             continue
         for endpoint in endpoints:
             targets[endpoint.url] = service.health.path
@@ -100,15 +116,22 @@ def probe_targets(table: Table) -> list[tuple[str, str]]:
 
 
 class ServiceRouter:
-    """ASGI app for paths `{prefix}/{name}/{rest}`: mount with prefix "" below a `/service` Mount."""
+    """ASGI app for paths `{prefix}/{name}/{rest}`: mount with prefix "" below a `/service` Mount.
+
+    `exposed` limits what it routes (None: every service); `trust_forwarded` keeps the client's
+    X-Forwarded-* and appends to them, for internal traffic only: a public front end sets its own.
+    """
 
     def __init__(self, source: TableSource, prefix: str = "/service", aliases: Mapping[str, str] | None = None,
                  strip_headers: frozenset[bytes] = frozenset(), rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic, health_every_s: float = HEALTH_EVERY_S,
-                 reporter: TrafficReporter | None = None) -> None:
+                 reporter: TrafficReporter | None = None, exposed: frozenset[str] | None = None,
+                 trust_forwarded: bool = True) -> None:
         self.source = source
         self.prefix = prefix.rstrip("/")
         self.aliases = dict(aliases or {})
+        self.exposed = exposed
+        self.trust_forwarded = trust_forwarded
         self.skip_headers = HOP_BY_HOP | strip_headers  # never forwarded: hop-by-hop, and the gateway's own
         self.rng = rng or random.Random()
         self.balancer = Balancer(self.rng)
@@ -148,7 +171,7 @@ class ServiceRouter:
         """Snapshot the table → probe each replica → apply verdicts → sleep with jitter."""
         while True:
             table = self.source.current()
-            targets = probe_targets(table)
+            targets = probe_targets(table, self.exposed)
             verdicts = await asyncio.gather(*(self._probe(client, url, path) for url, path in targets))
             now = self.clock()
             for (url, _), (ok, reason) in zip(targets, verdicts, strict=True):
@@ -186,7 +209,7 @@ class ServiceRouter:
         started = self.clock()
         try:
             name, rest = self.split(scope)
-            service = resolve(name, self.aliases)
+            service = self.resolve(name)
             counts = self.traffic.of(service)
             table = self.source.current()
             endpoints = table.endpoints(service)
@@ -195,10 +218,15 @@ class ServiceRouter:
                 raise RouteError(503, f"no healthy replica of {service}", service=service, reason=reason)
             await self.forward(scope, receive, send, service, endpoints, rest, counts, started)
         except RouteError as error:
-            headers = [(b"retry-after", b"5")] if error.status == 503 else []
+            # A refused body may still be arriving: the connection closes after the answer.
+            headers = [(b"retry-after", b"5")] if error.status == 503 else [CLOSE] if error.status == 413 else []
             if counts is not None:
                 counts.record(error.status, self.clock() - started)
             await answer(send, error.status, error.body, headers)
+
+    def resolve(self, name: str) -> str:
+        """The catalogue name `name` routes to here (`resolve` with this router's aliases and exposure)."""
+        return resolve(name, self.aliases, self.exposed)
 
     def split(self, scope: Scope) -> tuple[str, str]:
         """The service name and the raw (still percent-encoded) path below it."""
@@ -221,7 +249,7 @@ class ServiceRouter:
             raise RouteError(413, str(error)) from None
         except UpstreamBodyLost:
             return
-        request = outgoing(scope, rest, self.skip_headers)
+        request = outgoing(scope, rest, self.skip_headers, self.trust_forwarded)
         timeout = timeout_for(service)
         self.budget.request()
         tried: list[str] = []

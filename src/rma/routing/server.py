@@ -4,7 +4,8 @@ Profiled under wrk, uvicorn's generic ASGI cycle (header validation, per-message
 socket write per message) cost more per proxied request than the forwarding itself. This
 server does what the routers need and no more: keep-alive and pipelining (one request at a
 time per connection), streamed request bodies with back-pressure, `Expect: 100-continue`,
-chunked answers when the app gives no length, HEAD, and `http.disconnect`. The head of a
+chunked answers when the app gives no length, HEAD, `http.disconnect`, and an app's
+`connection: close` (the connection ends after that answer). The head of a
 response is held until its first body message (or the next loop turn) so a small answer goes
 out in one write. No lifespan: `serve` runs the router's background loops itself.
 """
@@ -152,16 +153,21 @@ class Request:
     def _head(self, status: int, headers: Any) -> bytes:
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b""))]
         framed = status in NO_BODY or status < 200
+        closing = False  # the app says `connection: close` itself: the connection ends with this answer
         for name, value in headers:
             lines.append(b"%s: %s\r\n" % (name, value))
-            framed = framed or name.lower() == b"content-length"
+            low = name.lower()
+            framed = framed or low == b"content-length"
+            closing = closing or (low == b"connection" and value.lower() == b"close")
         if not framed:
             if self.http_version == "1.1":
                 self.chunked = not self.head_only
                 lines.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # an HTTP/1.0 client reads an unframed answer to the close
-        if not self.keep_alive:
+        if closing:
+            self.keep_alive = False
+        elif not self.keep_alive:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)

@@ -92,14 +92,15 @@ class Connection(asyncio.Protocol):
 def parse(parser: httptools.HttpResponseParser, data: bytes, complete: bool, conn: Connection,
           fail: Callable[[UpstreamError], None]) -> bool:
     """Feed answer bytes to their parser; False, with the connection dropped, for bytes past a complete
-    answer (the connection is out of step, not safe to reuse) or a malformed answer (`fail` is told)."""
+    answer (the connection is out of step, not safe to reuse) or a malformed answer, or one a parser
+    callback refused (`fail` is told)."""
     if complete:
         conn.abort()
         return False
     try:
         parser.feed_data(data)
     except httptools.HttpParserError as error:
-        fail(UpstreamError(f"bad answer from the replica: {error}"))
+        fail(UpstreamError(f"bad answer from the replica: {error.__context__ or error}"))
         conn.abort()
         return False
     return True
@@ -130,6 +131,8 @@ class Exchange:
 
     # llhttp callbacks
     def on_message_begin(self) -> None:
+        if self.headers_done:
+            raise UpstreamError("the replica sent a second answer")  # parse() drops the connection
         self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -147,6 +150,8 @@ class Exchange:
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            raise UpstreamError("the replica sent a body after a HEAD answer")  # parse() drops the connection
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > BUFFER_HIGH and not self._paused and self.conn.transport is not None:
@@ -244,9 +249,10 @@ class Exchange:
         return b"".join([chunk async for chunk in self.chunks()])
 
     def release(self) -> None:
-        """Back to the pool after a complete keep-alive answer; otherwise the connection is closed."""
+        """Back to the pool after a complete keep-alive answer; otherwise the connection is closed. So is one
+        that answered HEAD: a replica may follow that answer with a body, and nothing says when it stops."""
         del self.parser  # it holds this exchange: a cycle that only the garbage collector would free
-        self.pool.release(self.conn, self.complete and self.keep_alive and not self._chunks)
+        self.pool.release(self.conn, self.complete and self.keep_alive and not (self._chunks or self.head_only))
 
     def close(self) -> None:
         self.conn.abort()

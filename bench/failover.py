@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -138,7 +139,8 @@ async def supervise_three(folder: Path) -> None:
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    sups = [Supervisor(Redis(), Placement("127.0.0.1", free_port(), folder / f"redis-{i}", folder / f"redis-{i}.log"))
+    sups = [Supervisor(Redis(), Placement("127.0.0.1", free_port(), folder / f"redis-{i}", folder / f"redis-{i}.log",
+                                          secret=secrets.token_urlsafe(24)))
             for i in range(3)]
     async with asyncio.TaskGroup() as group:
         for sup in sups:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from rma.catalog import get
+from rma.coordinator.secrets import STORE_VARIABLES
 from rma.services import DRIVERS
-from rma.services.base import Context, ServiceDriver, http_ok, probe_host, tcp_lines, tcp_open
+from rma.services.base import LOCATION_VARIABLES, Context, ServiceDriver, http_ok, probe_host, tcp_lines, tcp_open
 from rma.worker.process import free_port
 
 
@@ -30,10 +31,16 @@ def test_redis_is_append_only_under_its_data_dir(tmp_path: Path) -> None:
 def test_coordinator_replica_gets_port_data_interval_and_tokens(tmp_path: Path) -> None:
     ctx = Context("127.0.0.1", 8181, tmp_path, heartbeat_interval=1.0,
                   env={"RMA_JOIN_TOKEN": "j", "MODEL_NAME": "x"})
-    launch = DRIVERS["coordinator"].launch(ctx)
+    coordinator = DRIVERS["coordinator"]
+    launch = coordinator.launch(ctx)
     assert launch.argv[:4] == (sys.executable, "-m", "rma", "coordinator")
     assert "8181" in launch.argv and str(tmp_path) in launch.argv and "1" in launch.argv
-    assert dict(launch.env) == {"RMA_JOIN_TOKEN": "j"}
+    assert coordinator.environment(ctx, launch, {}) == {"RMA_JOIN_TOKEN": "j"}
+
+
+def test_services_are_handed_the_stores_addresses_the_coordinator_sends() -> None:
+    sent = {name for variables in STORE_VARIABLES.values() for name in variables("10.0.0.7", 1)}
+    assert set(LOCATION_VARIABLES) == sent
 
 
 async def until_healthy(driver: ServiceDriver, ctx: Context) -> bool:
@@ -44,10 +51,17 @@ async def until_healthy(driver: ServiceDriver, ctx: Context) -> bool:
     return False
 
 
-@pytest.mark.parametrize("secret", [None, "s3cret-from-the-coordinator"])
-def test_redis_health_is_a_real_ping(tmp_path: Path, secret: str | None) -> None:
+def test_redis_will_not_start_without_the_coordinators_password(tmp_path: Path) -> None:
+    ctx = Context("127.0.0.1", free_port("127.0.0.1"), tmp_path)
+    with pytest.raises(PermissionError, match="redis starts only with the password the coordinator issues"):
+        DRIVERS["redis"].prepare(ctx)
+    assert not (tmp_path / "redis-secret.conf").exists()
+    assert not asyncio.run(DRIVERS["redis"].healthy(ctx))
+
+
+def test_redis_health_is_a_real_ping(tmp_path: Path) -> None:
     port = free_port("127.0.0.1")
-    ctx = Context("127.0.0.1", port, tmp_path, secret=secret)
+    ctx = Context("127.0.0.1", port, tmp_path, secret="s3cret-from-the-coordinator")
     redis = DRIVERS["redis"]
     assert not asyncio.run(redis.healthy(ctx))
     redis.prepare(ctx)

@@ -8,6 +8,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -136,6 +137,21 @@ def test_postgres_is_initialised_once_with_password_logins_only(data_dir: Path) 
     owner = pwd.getpwnam("postgres").pw_uid if ROOT else os.geteuid()
     assert pgdata.stat().st_uid == owner and hba.stat().st_uid == owner
     assert pgdata.stat().st_mode & 0o777 == 0o700
+
+
+def test_postgres_set_up_steps_get_the_platforms_environment_only(tmp_path: Path) -> None:
+    """initdb and the single-user server run as the store's account: the worker's secrets are not theirs."""
+    bin_dir, seen = tmp_path / "bin", tmp_path / "initdb.env"
+    bin_dir.mkdir()
+    (bin_dir / "initdb").write_text(f"#!/bin/sh\nenv > {seen}\nexit 1\n")
+    (bin_dir / "initdb").chmod(0o755)
+    script = ("from pathlib import Path; from rma.services.postgres import _initialise; "
+              f"_initialise(Path({str(tmp_path / PGDATA)!r}), None)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MY_SECRET": "the-worker's"})
+    assert "initdb exited with 1" in done.stderr
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert "MY_SECRET" not in env and env["PATH"].startswith(str(bin_dir))
 
 
 def test_postgres_answers_select_1_to_the_password_and_refuses_others(data_dir: Path) -> None:

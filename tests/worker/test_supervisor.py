@@ -18,7 +18,7 @@ from rma.services.base import Context, Launch, ServiceDriver
 from rma.services.redis import Redis
 from rma.worker.supervisor import Placement, State, Supervisor
 
-from .conftest import FAST
+from .conftest import FAST, SECRET
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,6 +54,19 @@ def test_redis_becomes_healthy_and_stops_cleanly(placement: Placement) -> None:
     assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE
     assert (placement.data_dir / "appendonlydir").is_dir(), "redis keeps an append-only file"
     assert b"start: redis-server" in placement.log_path.read_bytes()
+
+
+def test_redis_without_its_password_never_starts_and_says_why(placement: Placement) -> None:
+    sup = Supervisor(DRIVERS["redis"], replace(placement, secret=None), FAST)
+
+    async def body() -> None:
+        await until(lambda: sup.status.state == State.FAILED)
+        assert "redis starts only with the password the coordinator issues" in sup.status.message
+        assert sup.status.pid is None
+
+    asyncio.run(supervised(sup, body))
+    assert not placement.log_path.exists(), "no redis-server was started"
+    assert not (placement.data_dir / "redis-secret.conf").exists()
 
 
 def test_killed_service_is_restarted_and_counted(placement: Placement) -> None:
@@ -108,7 +121,7 @@ def test_stop_ends_the_whole_process_tree(tmp_path: Path) -> None:
             script = f"redis-server --port {ctx.port} --bind 127.0.0.1 --save '' & sleep 300 & wait"
             return Launch(("sh", "-c", script), cwd=ctx.data_dir)
 
-    port = Placement("127.0.0.1", 0, tmp_path / "d", tmp_path / "l.log")
+    port = Placement("127.0.0.1", 0, tmp_path / "d", tmp_path / "l.log", secret=SECRET)
     from rma.worker.process import free_port
 
     sup = Supervisor(Forks(), replace(port, port=free_port("127.0.0.1")), FAST)

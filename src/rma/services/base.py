@@ -4,6 +4,10 @@ A service module says which engine it implements, how to prepare its data dir, a
 command to run; health checking comes from the catalogue's `HealthCheck` unless the module
 knows better (redis answers PING). Services never import the worker: the worker hands them
 a `Context` and supervises the `Launch` they return.
+
+A service process gets the environment it needs, not the worker's whole one: the platform's few
+variables, the worker variables its driver `passes`, and its launch's own. The worker's tokens, and
+whatever else a volunteer's shell holds (cloud keys, ...), reach only a service that needs them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +29,23 @@ from rma import catalog
 # answer its health check is too slow to serve.
 HEALTH_TIMEOUT_S = 2.0
 
+# What every process the worker starts gets of the worker's own environment: where programs,
+# libraries and Python packages are, the home folder, locale (and LC_*), clock, temporary folder,
+# and unbuffered Python output (so a service's log lines reach its log file as they are written).
+PLATFORM_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "PYTHONPATH",
+                      "PYTHONUNBUFFERED")
+PLATFORM_PREFIXES = ("LC_",)
+# The seed's variables that say where the pool's stores are, as the coordinator sends them with every
+# service config: what a service is handed unless its driver says otherwise.
+LOCATION_VARIABLES = ("CHROMADB_HOST", "CHROMADB_PORT", "REDIS_HOST", "REDIS_PORT", "POSTGRES_HOST", "POSTGRES_PORT",
+                      "MINIO_ENDPOINT", "NEO4J_URI", "NEO4J_HTTP_URI")
+# Where an engine finds its models in the Hugging Face cache.
+MODEL_VARIABLES = ("HF_HOME", "HF_HUB_CACHE")
+# Which GPUs a CUDA engine may use and in what order, and the toolkit its kernels may be compiled with.
+GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_HOME")
+# The CPU share the volunteer gives the engines (see cpu_threads).
+THREAD_VARIABLES = ("OMP_NUM_THREADS",)
+
 
 @dataclass(frozen=True)
 class Context:
@@ -34,7 +56,8 @@ class Context:
     data_dir: Path  # the service's own folder under the worker's data dir
     coordinator_urls: tuple[str, ...] = ()
     heartbeat_interval: float | None = None  # the pool's, for services that take part in it
-    env: Mapping[str, str] = field(default_factory=dict)  # the worker's environment
+    # The worker's service variables (its own and the coordinator's); some are tokens, so never printed.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
     secret: str | None = field(default=None, repr=False)  # the store's credential, from the coordinator
     engine: str | None = None  # the engine the coordinator chose; None: the driver's `engine`
 
@@ -53,10 +76,12 @@ class ServiceDriver(ABC):
 
     A module that can run its service on several engines (GPU and CPU) lists them in `engines`,
     best first, and launches the one `Context.engine` names; `engine` is then its default.
+    `passes` names the worker variables (of `Context.env`) its process needs.
     """
 
     name: str
     engine: str
+    passes: tuple[str, ...] = LOCATION_VARIABLES
 
     @property
     def engines(self) -> tuple[str, ...]:
@@ -78,6 +103,11 @@ class ServiceDriver(ABC):
     def launch(self, ctx: Context) -> Launch:
         """The command that runs the service in the foreground."""
 
+    def environment(self, ctx: Context, launch: Launch, platform: Mapping[str, str] = os.environ) -> dict[str, str]:
+        """The whole environment of the service's process: the platform's, what this driver passes, the launch's."""
+        passed = {name: ctx.env[name] for name in self.passes if name in ctx.env}
+        return {**platform_env(platform), **passed, **launch.env}
+
     async def healthy(self, ctx: Context) -> bool:
         """Check the service as the catalogue says: an HTTP GET answering 2xx, or a TCP connect."""
         check = self.service.health
@@ -93,14 +123,29 @@ def require_secret(ctx: Context, service: str) -> str:
     return ctx.secret
 
 
+def platform_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables of `environ` that every process the worker starts gets (PLATFORM_VARIABLES)."""
+    return {name: value for name, value in environ.items()
+            if name in PLATFORM_VARIABLES or name.startswith(PLATFORM_PREFIXES)}
+
+
 def write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
-    """Write a file only its owner can read: secrets go in files like this, never on a command line."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        os.fchmod(fd, 0o600)  # an older file may have been created looser
-        if owner is not None:
-            os.fchown(fd, *owner)
-        file.write(text)
+    """Write a file only its owner can read: secrets go in files like this, never on a command line.
+
+    Written whole to a new file beside it, then renamed into place: nothing at `path` is ever opened,
+    so a link a store's account planted in its own folder (pgdata) cannot send a root worker's write
+    elsewhere, an older file's looser mode never carries over, and a crash never leaves half a file.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # O_EXCL, 0600
+    try:
+        with os.fdopen(fd, "w") as file:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def cpu_threads(ctx: Context) -> int:

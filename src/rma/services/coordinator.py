@@ -5,14 +5,15 @@ from __future__ import annotations
 import sys
 
 from rma.services.base import Context, Launch, ServiceDriver
-
-# Passed through to the replica so it admits the same workers and operators.
-INHERITED = ("RMA_JOIN_TOKEN", "RMA_ADMIN_TOKEN", "RMA_DATABASE_URL")
+from rma.services.edge_proxy import GATEWAY_VARIABLES
 
 
 class Coordinator(ServiceDriver):
     name = "coordinator"
     engine = "rma-coordinator"
+    # The worker's settings of `rma coordinator`, so the replica admits the same workers, operators and clients
+    # and guards its own /service as the edge proxy does.
+    passes = ("RMA_JOIN_TOKEN", "RMA_ADMIN_TOKEN", "HEARTBEAT_GRACE_INTERVALS", *GATEWAY_VARIABLES)
 
     def launch(self, ctx: Context) -> Launch:
         argv: tuple[str, ...] = (
@@ -23,4 +24,4 @@ class Coordinator(ServiceDriver):
         )
         if ctx.heartbeat_interval:
             argv += ("--heartbeat-interval", f"{ctx.heartbeat_interval:g}")
-        return Launch(argv, env={k: ctx.env[k] for k in INHERITED if k in ctx.env})
+        return Launch(argv)

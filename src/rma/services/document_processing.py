@@ -10,12 +10,13 @@ import sys
 from collections.abc import Mapping
 
 from rma.services.apps.models import package_dir
-from rma.services.base import Context, Launch, ServiceDriver, cpu_threads
+from rma.services.base import LOCATION_VARIABLES, THREAD_VARIABLES, Context, Launch, ServiceDriver, cpu_threads
 
 
 class DocumentProcessing(ServiceDriver):
     name = "document-processing"
     engine = "pdf-docx"
+    passes = (*LOCATION_VARIABLES, *THREAD_VARIABLES)
 
     def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
         return None if package_dir("python_multipart") else "no python-multipart to read uploads"

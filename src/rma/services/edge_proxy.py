@@ -1,7 +1,7 @@
 """edge-proxy: this package's `rma edge-proxy`, the public gateway, on the assigned port.
 
-Gateway settings (RMA_API_KEYS, RMA_CORS_ORIGINS, RMA_MAX_BODY_MB, RMA_RATE_LIMIT, ...) reach it
-through the worker's own environment, which every service process inherits.
+The gateway's settings reach it from the worker's environment, as `passes` names them; no other
+service process gets them (the load balancer takes only the admin token and the refresh interval).
 """
 
 from __future__ import annotations
@@ -9,6 +9,10 @@ from __future__ import annotations
 import sys
 
 from rma.services.base import Context, Launch, ServiceDriver
+
+# What `rma edge-proxy` and `rma load-balancer` read from the environment besides their flags.
+ROUTER_VARIABLES = ("RMA_ADMIN_TOKEN", "ROUTING_REFRESH_INTERVAL")
+GATEWAY_VARIABLES = ("RMA_API_KEYS", "RMA_CORS_ORIGINS", "RMA_MAX_BODY_MB", "RMA_RATE_LIMIT", "RMA_RATE_BURST")
 
 
 def router_argv(command: str, ctx: Context) -> tuple[str, ...]:
@@ -22,6 +26,7 @@ def router_argv(command: str, ctx: Context) -> tuple[str, ...]:
 class EdgeProxy(ServiceDriver):
     name = "edge-proxy"
     engine = "rma-edge-proxy"
+    passes = (*ROUTER_VARIABLES, *GATEWAY_VARIABLES, "RMA_EDGE_SERVICES")
 
     def launch(self, ctx: Context) -> Launch:
         return Launch(router_argv("edge-proxy", ctx))

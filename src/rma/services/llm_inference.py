@@ -13,7 +13,18 @@ import sys
 from collections.abc import Mapping
 
 from rma.services.apps.models import gguf_model, hub_cached, vllm_model
-from rma.services.base import Context, Launch, ServiceDriver, cpu_threads, http_ok, probe_host
+from rma.services.base import (
+    GPU_VARIABLES,
+    LOCATION_VARIABLES,
+    MODEL_VARIABLES,
+    THREAD_VARIABLES,
+    Context,
+    Launch,
+    ServiceDriver,
+    cpu_threads,
+    http_ok,
+    probe_host,
+)
 
 GPU_ENGINE = "vllm"
 DEFAULT_GPU_MEMORY_UTILIZATION = "0.90"
@@ -25,6 +36,7 @@ class LlmInference(ServiceDriver):
     name = "llm-inference"
     engines = (GPU_ENGINE, "llama-cpp")
     engine = engines[-1]  # the CPU engine, the default
+    passes = (*LOCATION_VARIABLES, *MODEL_VARIABLES, *GPU_VARIABLES, *THREAD_VARIABLES)
 
     def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
         if engine == GPU_ENGINE:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from rma.services.base import Context, Launch, ServiceDriver
-from rma.services.edge_proxy import router_argv
+from rma.services.edge_proxy import ROUTER_VARIABLES, router_argv
 
 
 class LoadBalancer(ServiceDriver):
     name = "load-balancer"
     engine = "rma-load-balancer"
+    passes = ROUTER_VARIABLES
 
     def launch(self, ctx: Context) -> Launch:
         return Launch(router_argv("load-balancer", ctx))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from rma import catalog
 from rma.services import seaweedfs
-from rma.services.base import Context, Launch, ServiceDriver, require_secret
+from rma.services.base import LOCATION_VARIABLES, Context, Launch, ServiceDriver, require_secret
 
 ROOT_USER = catalog.get("minio").engine("seaweedfs").user  # the access key on either engine
 DATA = "data"
@@ -21,6 +21,7 @@ class Minio(ServiceDriver):
     name = "minio"
     engines = ("minio", seaweedfs.ENGINE)
     engine = engines[0]
+    passes = (*LOCATION_VARIABLES, "GOMEMLIMIT")  # both engines are Go programs (see seaweedfs.memory_limit)
 
     def prepare(self, ctx: Context) -> None:
         secret = require_secret(ctx, self.name)

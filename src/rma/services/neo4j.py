@@ -30,6 +30,7 @@ from rma import catalog
 from rma.services.accounts import STORE_ACCOUNT, as_server, check_reachable, service_account
 from rma.services.base import (
     HEALTH_TIMEOUT_S,
+    LOCATION_VARIABLES,
     Context,
     Launch,
     ServiceDriver,
@@ -79,6 +80,7 @@ class Neo4j(ServiceDriver):
     name = "neo4j"
     engines = (NEO4J, ARCADEDB)
     engine = NEO4J
+    passes = (*LOCATION_VARIABLES, "JAVA_HOME")  # Neo4j's scripts look for Java there first
 
     def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
         if engine != ARCADEDB:

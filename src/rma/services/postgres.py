@@ -26,6 +26,7 @@ from rma.services.base import (
     Context,
     Launch,
     ServiceDriver,
+    platform_env,
     probe_host,
     require_secret,
     write_private,
@@ -121,6 +122,7 @@ def _run(argv: tuple[str, ...], stdin: str, secret: str) -> None:
     program = argv[argv.index("--") + 1]
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=INIT_TIMEOUT_S,
+                              env=platform_env(),  # as the server's: none of the worker's secrets
                               cwd="/", check=False)  # a folder the server's account can always enter
     except subprocess.TimeoutExpired:
         raise ChildProcessError(f"{program} did not finish in {INIT_TIMEOUT_S:g}s") from None

@@ -10,7 +10,16 @@ import sys
 from collections.abc import Mapping
 
 from rma.services.apps.models import embedding_model, torch_has_cuda
-from rma.services.base import Context, Launch, ServiceDriver, cpu_threads
+from rma.services.base import (
+    GPU_VARIABLES,
+    LOCATION_VARIABLES,
+    MODEL_VARIABLES,
+    THREAD_VARIABLES,
+    Context,
+    Launch,
+    ServiceDriver,
+    cpu_threads,
+)
 
 GPU_ENGINE = "sentence-transformers-cuda"
 
@@ -19,6 +28,7 @@ class RagEmbeddings(ServiceDriver):
     name = "rag-embeddings"
     engines = (GPU_ENGINE, "sentence-transformers")
     engine = engines[-1]  # the CPU engine, the default
+    passes = (*LOCATION_VARIABLES, *MODEL_VARIABLES, *GPU_VARIABLES, *THREAD_VARIABLES)
 
     def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
         if engine == GPU_ENGINE and not torch_has_cuda():

@@ -1,12 +1,13 @@
 """redis: the Debian/upstream `redis-server`, append-only so a restarted worker keeps its data.
 
 The password the coordinator issued goes into a config file readable by this user only, never
-onto the command line, where every local user could read it in the process list.
+onto the command line, where every local user could read it in the process list. Without one
+redis does not start: it would serve anyone who reaches its port.
 """
 
 from __future__ import annotations
 
-from rma.services.base import Context, Launch, ServiceDriver, probe_host, tcp_lines, write_private
+from rma.services.base import Context, Launch, ServiceDriver, probe_host, require_secret, tcp_lines, write_private
 
 SECRET_FILE = "redis-secret.conf"
 
@@ -16,8 +17,9 @@ class Redis(ServiceDriver):
     engine = "redis-server"
 
     def prepare(self, ctx: Context) -> None:
+        secret = require_secret(ctx, self.name)
         super().prepare(ctx)
-        write_private(ctx.data_dir / SECRET_FILE, f'requirepass "{ctx.secret}"\n' if ctx.secret else "")
+        write_private(ctx.data_dir / SECRET_FILE, f'requirepass "{secret}"\n')
 
     def launch(self, ctx: Context) -> Launch:
         binds = [ctx.host] if ctx.host in ("127.0.0.1", "::1") else [ctx.host, "127.0.0.1"]
@@ -37,6 +39,7 @@ class Redis(ServiceDriver):
 
     async def healthy(self, ctx: Context) -> bool:
         """PING after AUTH: redis loading its AOF accepts connections but answers LOADING."""
-        auth = f"AUTH {ctx.secret}\r\n".encode() if ctx.secret else b""
-        answers = await tcp_lines(probe_host(ctx.host), ctx.port, auth + b"PING\r\n", 2 if ctx.secret else 1)
+        if not ctx.secret:
+            return False
+        answers = await tcp_lines(probe_host(ctx.host), ctx.port, f"AUTH {ctx.secret}\r\nPING\r\n".encode(), 2)
         return bool(answers) and answers[-1].startswith(b"+PONG")

@@ -14,7 +14,16 @@ import sys
 from collections.abc import Mapping
 
 from rma.services.apps.models import hub_cached, package_dir, vision_model
-from rma.services.base import Context, Launch, ServiceDriver, cpu_threads
+from rma.services.base import (
+    GPU_VARIABLES,
+    LOCATION_VARIABLES,
+    MODEL_VARIABLES,
+    THREAD_VARIABLES,
+    Context,
+    Launch,
+    ServiceDriver,
+    cpu_threads,
+)
 from rma.services.llm_inference import DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_MODEL_LEN
 
 GPU_ENGINE = "vllm-vision"
@@ -25,6 +34,8 @@ class VisionOcr(ServiceDriver):
     name = "vision-ocr"
     engines = (GPU_ENGINE, "tesseract")
     engine = engines[-1]  # the CPU engine, the default
+    # TESSDATA_PREFIX: where Tesseract's language data is, when not in the system's folder.
+    passes = (*LOCATION_VARIABLES, *MODEL_VARIABLES, *GPU_VARIABLES, *THREAD_VARIABLES, "TESSDATA_PREFIX")
 
     def missing(self, engine: str, env: Mapping[str, str]) -> str | None:
         if not package_dir("pypdfium2"):  # both engines render PDF pages with it

@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-# The seed's service variables, and ours beside them: handed to every service the worker starts.
+from rma.services import DRIVERS
+from rma.services.base import write_private
+
+# The seed's service variables, and ours beside them, that the drivers read to build a command.
 # HF_HOME and HF_HUB_CACHE say where the vLLM engines' models are, which decides whether they are offered.
 SERVICE_VARIABLES = (
     "MODEL_NAME", "GPU_MEMORY_UTILIZATION", "MAX_MODEL_LEN", "CHROMADB_HOST", "CHROMADB_PORT",
-    "NEO4J_URI", "REDIS_HOST", "LOAD_BALANCER_PORT", "EDGE_PROXY_PORT", "RMA_ADMIN_TOKEN", "SPACY_MODEL",
+    "NEO4J_URI", "REDIS_HOST", "LOAD_BALANCER_PORT", "EDGE_PROXY_PORT", "SPACY_MODEL",
     "VISION_MODEL_NAME", "HF_HOME", "HF_HUB_CACHE",
 )
 
@@ -25,12 +28,12 @@ class WorkerConfig:
     coordinator_urls: tuple[str, ...] = ("http://127.0.0.1:8080",)
     worker_type: str = "auto"
     worker_id: str | None = None
-    join_token: str | None = None
+    join_token: str | None = field(default=None, repr=False)
     data_dir: Path = Path(".rma")
     advertise_host: str | None = None
     public_url: str | None = None
     persistent_data: bool = False
-    service_env: dict[str, str] = field(default_factory=dict)
+    service_env: dict[str, str] = field(default_factory=dict, repr=False)  # see service_env(); holds tokens
 
     @property
     def host(self) -> str:
@@ -54,7 +57,10 @@ def parse_urls(value: str) -> tuple[str, ...]:
 
 
 def service_env(environ: dict[str, str] | os._Environ[str], join_token: str | None) -> dict[str, str]:
-    env = {name: environ[name] for name in SERVICE_VARIABLES if name in environ}
+    """The worker's variables for its services: those the drivers read, and those some service's process
+    needs (its driver's `passes`). Each process is handed only its own driver's share of them."""
+    names = dict.fromkeys((*SERVICE_VARIABLES, *(name for driver in DRIVERS.values() for name in driver.passes)))
+    env = {name: environ[name] for name in names if name in environ}
     if join_token:
         env["RMA_JOIN_TOKEN"] = join_token
     return env
@@ -105,8 +111,5 @@ def load_identity(data_dir: Path) -> Identity:
 def save_identity(data_dir: Path, identity: Identity) -> None:
     """Written owner-only, then renamed into place: a crash never leaves half a token."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = data_dir / "worker.json.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump({"worker_id": identity.worker_id, "worker_token": identity.worker_token}, out)
-    tmp.replace(data_dir / "worker.json")
+    write_private(data_dir / "worker.json",
+                  json.dumps({"worker_id": identity.worker_id, "worker_token": identity.worker_token}))

@@ -31,14 +31,14 @@ def _die_with_parent() -> None:
 
 async def spawn(argv: tuple[str, ...], env: Mapping[str, str], cwd: Path | None,
                 log_path: Path) -> asyncio.subprocess.Process:
-    """Start `argv` in a new session, stdout and stderr appended to `log_path`."""
+    """Start `argv` in a new session with exactly `env` (nothing of the worker's own), output to `log_path`."""
     with open(log_path, "ab") as log:
         return await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **env},
+            env=dict(env),
             cwd=cwd,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,

@@ -68,7 +68,7 @@ class Placement:
     log_path: Path
     coordinator_urls: tuple[str, ...] = ()
     heartbeat_interval: float | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # the service variables; some are tokens
     secret: str | None = field(default=None, repr=False)  # a store's credential, from the coordinator
     engine: str | None = None  # the engine to run the service with
 
@@ -149,7 +149,7 @@ class Supervisor:
             where.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(where.log_path, "ab") as header:
                 header.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(launch.argv)}\n".encode())
-            proc = await spawn(launch.argv, launch.env, launch.cwd, where.log_path)
+            proc = await spawn(launch.argv, self.driver.environment(ctx, launch), launch.cwd, where.log_path)
         except OSError as exc:
             return f"cannot start: {exc}", False
         self._set(State.STARTING, f"pid {proc.pid}", port=port, pid=proc.pid)

@@ -28,15 +28,31 @@ def coordinator(
     admin_token: str | None = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False,
                                            help="Token for /api/admin (unset: loopback only)."),
     api_keys: str = typer.Option("", envvar="RMA_API_KEYS", show_default=False,
-                                 help="Comma-separated client API keys that may read stores' credentials."),
+                                 help="Comma-separated client API keys for the coordinator's own /service route, "
+                                      "as the edge proxy's; they do not read stores' credentials."),
+    store_keys: str = typer.Option("", envvar="RMA_STORE_KEYS", show_default=False,
+                                   help="Comma-separated keys that applications send as X-API-Key to read "
+                                        "stores' credentials in discovery."),
+    vouched_networks: str = typer.Option("", envvar="RMA_VOUCHED_NETWORKS", show_default=False,
+                                         help="Comma-separated networks (CIDRs) whose workers may advertise an "
+                                              "address other than the one they connect from (NAT, tunnels)."),
 ) -> None:
     """Run the coordinator: worker registry, gap-filling placement, health timers."""
+    from rma.coordinator.auth import parse_networks
     from rma.coordinator.server import serve
 
+    try:
+        vouched = parse_networks(vouched_networks)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--vouched-networks / RMA_VOUCHED_NETWORKS") from None
     serve(CoordinatorSettings(host=host, port=port, data_dir=data_dir, heartbeat_interval=heartbeat_interval,
                               grace_intervals=grace_intervals, join_token=join_token or None,
-                              admin_token=admin_token or None,
-                              api_keys=tuple(k.strip() for k in api_keys.split(",") if k.strip())))
+                              admin_token=admin_token or None, api_keys=_keys(api_keys), store_keys=_keys(store_keys),
+                              vouched_networks=vouched))
+
+
+def _keys(value: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in value.split(",") if k.strip())
 
 
 @app.command()

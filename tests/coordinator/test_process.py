@@ -135,23 +135,36 @@ def test_watch_needs_the_workers_token(tmp_path: Path, processes: list[RmaProces
     coordinator, url = start_coordinator(tmp_path)
     processes.append(coordinator)
     register(url, "s1", "storage", ["redis-server"])
-    assert httpx.get(f"{url}/api/worker/watch/s1", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert httpx.get(f"{url}/api/worker/watch/ghost", headers={"Authorization": "Bearer x"}).status_code == 404
+    known = httpx.get(f"{url}/api/worker/watch/s1", headers={"Authorization": "Bearer nope"})
+    # An unknown id answers exactly as a known one with a bad token: ids cannot be enumerated.
+    ghost = httpx.get(f"{url}/api/worker/watch/ghost", headers={"Authorization": "Bearer nope"})
+    assert known.status_code == ghost.status_code == 401 and known.json() == ghost.json()
 
 
 def test_the_coordinators_own_service_route(tmp_path: Path, processes: list[RmaProcess]) -> None:
     coordinator, url = start_coordinator(tmp_path)
     processes.append(coordinator)
-    port = int(url.rsplit(":", 1)[1])
+    own_port = int(url.rsplit(":", 1)[1])
+    replica, replica_url = start_coordinator(tmp_path, name="replica")
+    processes.append(replica)
     edge = register(url, "e1", "edge", ["rma-coordinator"])
     assert edge["assigned_services"] == ["coordinator"]
-    # The edge worker says its coordinator replica serves on this very coordinator's port.
-    httpx.post(f"{url}/api/worker/heartbeat", headers={"Authorization": f"Bearer {edge['worker_token']}"},
-               json={"worker_id": "e1", "services_status": {"coordinator": {"state": "healthy", "port": port}}})
+
+    def report(port: int) -> None:
+        httpx.post(f"{url}/api/worker/heartbeat", headers={"Authorization": f"Bearer {edge['worker_token']}"},
+                   json={"worker_id": "e1", "services_status": {"coordinator": {"state": "healthy", "port": port}}})
+
+    # A replica never serves on this very coordinator's port: that report is refused, never probed.
+    report(own_port)
+    checks = wait_until(lambda: httpx.get(f"{url}/api/admin/workers").json()["workers"][0]["port_checks"],
+                        timeout=3, what="the refused port")
+    assert "the coordinator's own port" in checks["coordinator"]["reason"]
+    # The edge worker's replica moved off 8080: the coordinator checks the new port, then routes to it.
+    report(int(replica_url.rsplit(":", 1)[1]))
     # The route reads the registry's table at most every half second.
     through = wait_until(lambda: (r := httpx.get(f"{url}/service/coordinator/health?verbose=1", timeout=5))
-                         .status_code == 200 and r, timeout=3, what="a routable coordinator replica")
-    assert through.json()["workers"]["total"] == 1
+                         .status_code == 200 and r, timeout=5, what="a routable coordinator replica")
+    assert through.json()["workers"]["total"] == 0  # the replica's own registry, not this one's
     uncovered = httpx.get(f"{url}/service/ner/extract", timeout=5)
     assert uncovered.status_code == 503 and "ner-extraction" in uncovered.text
     assert "reason" in uncovered.json()
@@ -171,3 +184,29 @@ def test_rma_status_shows_workers_and_gaps(tmp_path: Path, processes: list[RmaPr
     unreachable = subprocess.run([sys.executable, "-m", "rma", "status", "--coordinator", f"http://127.0.0.1:{free_port()}"],
                                  capture_output=True, text=True, timeout=30)
     assert unreachable.returncode == 1 and "cannot read the coordinator" in unreachable.stdout
+
+
+def test_store_keys_not_the_edges_client_keys_read_store_credentials(tmp_path: Path,
+                                                                    processes: list[RmaProcess]) -> None:
+    coordinator, url = start_coordinator(tmp_path, env={
+        "RMA_ADMIN_TOKEN": "adm-5v2", "RMA_API_KEYS": "edge-client-key", "RMA_STORE_KEYS": "store-key-a,store-key-b"})
+    processes.append(coordinator)
+    storage = register(url, "s1", "storage", ["redis-server"])
+    beat(url, "s1", storage["worker_token"], ["redis"])
+
+    def replica(headers: dict[str, str]) -> dict[str, Any]:
+        found: dict[str, Any] = httpx.get(f"{url}/api/services/discover/redis", headers=headers).json()["workers"][0]
+        return found
+
+    # RMA_API_KEYS are the edge proxy's client keys: they reach services, not the stores' passwords.
+    assert "secret" not in replica({"X-API-Key": "edge-client-key"})
+    assert "secret" in replica({"X-API-Key": "store-key-b"})
+    assert "connection_url" in replica({"Authorization": "Bearer adm-5v2"})
+    assert "store-key-a" not in coordinator.log() and "edge-client-key" not in coordinator.log()
+
+
+def test_a_bad_vouched_network_stops_the_coordinator_with_its_name(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "rma", "coordinator", "--data-dir", str(tmp_path), "--port",
+                           str(free_port())], env={**os.environ, "RMA_VOUCHED_NETWORKS": "10.8.0.0/16,10.9.0.0/99"},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "10.9.0.0/99" in done.stderr and "RMA_VOUCHED_NETWORKS" in done.stderr

@@ -50,8 +50,10 @@ def beat(api: TestClient, worker_id: str, token: str, **fields: Any) -> Any:
                     headers={"Authorization": f"Bearer {token}"})
 
 
-def test_seed_agent_exchange_keeps_working(api: TestClient) -> None:
-    answer = api.post("/api/worker/register", json=SEED_REGISTRATION).json()
+def test_seed_agent_exchange_keeps_working(tmp_path: Path) -> None:
+    # The seed's agent registers over its VPN: from its vpn_ip, the address routers reach it at.
+    with make_client(tmp_path, client=("10.8.0.5", 50000), join_token="j") as api:
+        answer = api.post("/api/worker/register", json=SEED_REGISTRATION, headers={"Authorization": "Bearer j"}).json()
     assert answer["worker_id"] == "test-gpu-1"
     assert answer["worker_type"] == "gpu" and answer["tier"] == 1
     assert "llm-inference" in answer["assigned_services"]
@@ -60,9 +62,10 @@ def test_seed_agent_exchange_keeps_working(api: TestClient) -> None:
     assert set(configs) == set(answer["assigned_services"])
 
 
-def test_seed_cpu_host_without_worker_type_is_a_cpu_worker(api: TestClient) -> None:
-    answer = api.post("/api/worker/register", json={
-        "worker_id": "seed-cpu", "tunnel_url": "http://10.0.0.2:8000", "vpn_ip": None, "capabilities": {}}).json()
+def test_seed_cpu_host_without_worker_type_is_a_cpu_worker(tmp_path: Path) -> None:
+    with make_client(tmp_path, client=("10.0.0.2", 50000), join_token="j") as api:
+        answer = api.post("/api/worker/register", headers={"Authorization": "Bearer j"}, json={
+            "worker_id": "seed-cpu", "tunnel_url": "http://10.0.0.2:8000", "vpn_ip": None, "capabilities": {}}).json()
     assert answer["worker_type"] == "cpu"
     assert set(answer["assigned_services"]) == {"ner-extraction", "document-processing", "notes-coa"}
 
@@ -70,14 +73,14 @@ def test_seed_cpu_host_without_worker_type_is_a_cpu_worker(api: TestClient) -> N
 def test_heartbeat_returns_assignment_and_interval(api: TestClient) -> None:
     worker = register(api)
     answer = beat(api, "cpu-1", worker["worker_token"], current_load=0.25,
-                  services_status={"ner-extraction": {"state": "healthy", "port": 18108}})
+                  services_status={"ner-extraction": {"state": "healthy", "port": 8108}})
     assert answer.status_code == 200
     body = answer.json()
     assert body["assigned_services"] == ["document-processing", "ner-extraction"]
     assert body["heartbeat_interval"] == 1.0
     found = api.get("/api/services/discover/ner-extraction").json()
-    assert found["count"] == 1 and found["workers"][0]["port"] == 18108
-    assert found["workers"][0]["url"] == "http://127.0.0.1:18108"
+    assert found["count"] == 1 and found["workers"][0]["port"] == 8108
+    assert found["workers"][0]["url"] == "http://127.0.0.1:8108"
     assert found["recommended"] == "cpu-1"
 
 
@@ -112,7 +115,8 @@ def test_heartbeat_needs_the_workers_own_token(api: TestClient) -> None:
     no_header = api.post("/api/worker/heartbeat", json={"worker_id": "cpu-a"})
     assert no_header.status_code == 401 and "Bearer" in no_header.json()["error"]
     assert beat(api, "cpu-b", first["worker_token"]).status_code == 401
-    assert beat(api, "ghost", first["worker_token"]).status_code == 404
+    # An unknown id is a wrong token too: whether an id exists is not told to strangers.
+    assert beat(api, "ghost", first["worker_token"]).status_code == 401
 
 
 def test_reregistering_an_id_needs_its_token(api: TestClient) -> None:
@@ -133,22 +137,23 @@ def test_unregister_needs_the_workers_token(api: TestClient) -> None:
     worker = register(api)
     assert api.delete("/api/worker/unregister/cpu-1").status_code == 401
     assert api.delete("/api/worker/unregister/cpu-1", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert api.delete("/api/worker/unregister/ghost").status_code == 404
+    assert api.delete("/api/worker/unregister/ghost").status_code == 401
     ok = api.delete("/api/worker/unregister/cpu-1", headers={"Authorization": f"Bearer {worker['worker_token']}"})
     assert ok.status_code == 200
     assert api.get("/api/admin/workers").json()["total"] == 0
 
 
 def test_join_token_and_loopback_rule(tmp_path: Path) -> None:
+    seed_from_remote = SEED_REGISTRATION | {"vpn_ip": REMOTE[0]}
     with make_client(tmp_path / "a", client=REMOTE) as remote:
-        refused = remote.post("/api/worker/register", json=SEED_REGISTRATION)
+        refused = remote.post("/api/worker/register", json=seed_from_remote)
         assert refused.status_code == 403 and "RMA_JOIN_TOKEN" in refused.json()["error"]
         assert remote.get("/api/admin/workers").status_code == 403
     with make_client(tmp_path / "b", client=REMOTE, join_token="s3cret", admin_token="adm1n") as remote:
-        assert remote.post("/api/worker/register", json=SEED_REGISTRATION).status_code == 401
-        wrong = remote.post("/api/worker/register", json=SEED_REGISTRATION, headers={"Authorization": "Bearer x"})
+        assert remote.post("/api/worker/register", json=seed_from_remote).status_code == 401
+        wrong = remote.post("/api/worker/register", json=seed_from_remote, headers={"Authorization": "Bearer x"})
         assert wrong.status_code == 401
-        joined = remote.post("/api/worker/register", json=SEED_REGISTRATION,
+        joined = remote.post("/api/worker/register", json=seed_from_remote,
                              headers={"Authorization": "Bearer s3cret"})
         assert joined.status_code == 200
         assert remote.get("/api/admin/gaps").status_code == 401
@@ -269,7 +274,7 @@ def test_admin_views(api: TestClient) -> None:
 
 
 def test_store_secrets_go_to_the_store_worker_and_admins_only(tmp_path: Path) -> None:
-    with make_client(tmp_path, admin_token="adm", api_keys=("app-key-1",)) as api:
+    with make_client(tmp_path, admin_token="adm", store_keys=("app-key-1",), api_keys=("edge-key",)) as api:
         storage = register(api, worker_id="s1", advertise_host="127.0.0.5",
                            capabilities={"worker_type": "storage", "engines": ["redis-server"]})
         cpu = register(api, worker_id="c1", capabilities={"worker_type": "cpu", "engines": ["spacy"]})
@@ -277,20 +282,21 @@ def test_store_secrets_go_to_the_store_worker_and_admins_only(tmp_path: Path) ->
         secret = redis_config["secret"]
         assert secret and len(secret) >= 24
         assert all(c["secret"] is None for c in cpu["service_configs"])
-        beat(api, "s1", storage["worker_token"], services_status={"redis": {"state": "healthy", "port": 16379}})
+        beat(api, "s1", storage["worker_token"], services_status={"redis": {"state": "healthy", "port": 6379}})
         # Every service config now says where redis is (the seed's REDIS_HOST).
         answer = beat(api, "c1", cpu["worker_token"]).json()
-        assert answer["service_configs"][0]["env"] == {"REDIS_HOST": "127.0.0.5", "REDIS_PORT": "16379"}
+        assert answer["service_configs"][0]["env"] == {"REDIS_HOST": "127.0.0.5", "REDIS_PORT": "6379"}
         assert secret not in json.dumps(answer)
 
         public = api.get("/api/services/discover/redis").json()["workers"][0]
         assert "secret" not in public and "connection_url" not in public
         admin = api.get("/api/services/discover/redis", headers={"Authorization": "Bearer adm"}).json()
-        assert admin["workers"][0]["connection_url"] == f"redis://:{secret}@127.0.0.5:16379/0"
+        assert admin["workers"][0]["connection_url"] == f"redis://:{secret}@127.0.0.5:6379/0"
         app = api.get("/api/services/discover/redis", headers={"X-API-Key": "app-key-1"}).json()
         assert app["workers"][0]["secret"] == secret
-        wrong = api.get("/api/services/discover/redis", headers={"X-API-Key": "app-key-2"}).json()
-        assert "secret" not in wrong["workers"][0]
+        for key in ("app-key-2", "edge-key"):  # the /service route's client keys read no store's secret
+            wrong = api.get("/api/services/discover/redis", headers={"X-API-Key": key}).json()
+            assert "secret" not in wrong["workers"][0]
         for path in ("/api/admin/workers", "/api/admin/gaps", "/api/admin/events", "/metrics"):
             assert secret not in api.get(path, headers={"Authorization": "Bearer adm"}).text, path
 

@@ -58,6 +58,13 @@ class WorkerRecord:
     suspect_since: float | None = None
     # The heartbeat time last written to the registry's disk.
     persisted_seen: float = 0.0
+    # Per service reported on a port other than its assigned (catalogue) one: that port, once it
+    # answered the coordinator's own check, as long as the worker keeps reporting it.
+    confirmed_ports: dict[str, int] = field(default_factory=dict)
+    # Per service reported serving on another port not confirmed yet: the port, awaiting the coordinator's check.
+    unchecked_ports: dict[str, int] = field(default_factory=dict)
+    # Per unchecked service: (port, why routers do not use it), as the last check found.
+    port_refusals: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def count_key(self) -> tuple[object, ...]:
         """What the pool counts and the routing index read of this worker: a change means recount."""
@@ -65,20 +72,61 @@ class WorkerRecord:
         ports = tuple((s, self.port_of(s)) for s in self.assigned if s in serving)
         return (self.healthy, self.assigned, serving, ports)
 
-    def port_of(self, service: str) -> int:
-        """The port the worker reports the service on, else the catalogue's."""
+    def port_of(self, service: str) -> int | None:
+        """The port routers use: the assigned one, or a reported one the coordinator confirmed; None until then.
+
+        A worker reports where its supervisor runs the service (another port when the assigned
+        one was taken), but only its word says what answers there: a port is used once the
+        coordinator confirms it, so a heartbeat cannot point the routers at another server on
+        the worker's machine. A service that moves again is off the table until its new port
+        is confirmed: the old one is no longer its.
+        """
         status = self.services_status.get(service)
-        return status.port if status is not None and status.port else BY_NAME[service].port
+        assigned = BY_NAME[service].port
+        if status is None or not status.port or status.port == assigned:
+            return assigned
+        return status.port if self.confirmed_ports.get(service) == status.port else None
 
     def serving(self) -> frozenset[str]:
-        """Assigned services reported serving; the seed's agent reports none, so its are trusted."""
+        """Assigned services reported serving on a routable port; the seed's agent reports none, so its are trusted."""
         statuses = self.services_status
         trust_unreported = self.capabilities.engines is None
         return frozenset(
             name for name in self.assigned
             if (status := statuses.get(name)) is None and trust_unreported
-            or status is not None and status.state in SERVING_STATES
+            or status is not None and status.state in SERVING_STATES and self.port_of(name) is not None
         )
+
+    def track_ports(self) -> None:
+        """After a report: keep the confirmations it still matches, and note the other reported ports to check.
+
+        Only assigned services reported serving are checked; a confirmation lasts while the
+        worker reports that port, so a service back on it after another port is checked again.
+        """
+        confirmed, unchecked = {}, {}
+        for name in self.assigned:
+            status = self.services_status.get(name)
+            if status is None or not status.port or status.port == BY_NAME[name].port:
+                continue
+            if self.confirmed_ports.get(name) == status.port:
+                confirmed[name] = status.port
+            elif status.state in SERVING_STATES:
+                unchecked[name] = status.port
+        self.confirmed_ports, self.unchecked_ports = confirmed, unchecked
+        if self.port_refusals:
+            self.port_refusals = {s: r for s, r in self.port_refusals.items() if unchecked.get(s) == r[0]}
+
+    def port_checks(self) -> dict[str, dict[str, object]]:
+        """For the operator: each reported port routers do not use (yet), and why."""
+        checks: dict[str, dict[str, object]] = {}
+        for name, port in self.unchecked_ports.items():
+            refused = self.port_refusals.get(name)
+            checks[name] = {
+                "port": port, "state": "refused" if refused else "checking",
+                "reason": refused[1] if refused else
+                f"port {port} is not the assigned {BY_NAME[name].port}: waiting for the coordinator's check",
+            }
+        return checks
 
     def view(self, now: float, failure_cooldown: float) -> WorkerState:
         caps = self.capabilities

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rma.catalog import BY_NAME, Kind
-from rma.coordinator.record import WorkerRecord, bracket, hash_token, seed_state, url_host, worker_kind
+from rma.coordinator.record import WorkerRecord, bracket, hash_token, seed_state, worker_kind
 from rma.coordinator.secrets import STORE_VARIABLES, NamedStores, SecretBook
 from rma.coordinator.store import Store, StoredWorker
 from rma.placement import Pool, WorkerState, contribution, desire, engine_for
@@ -150,9 +150,10 @@ class Registry:
                 listener(record)
         return changed
 
-    def register(self, request: RegisterRequest, client_host: str, presented_token: str | None) -> tuple[
+    def register(self, request: RegisterRequest, host: str, presented_token: str | None) -> tuple[
             WorkerRecord, str]:
-        """Add or re-add a worker; returns it with its new secret token (only its hash is kept)."""
+        """Add or re-add a worker at `host` (the address routers will use, admitted by the caller: see
+        `auth.Admission`); returns it with its new secret token (only its hash is kept)."""
         now = self.clock()
         worker_id = request.worker_id or f"worker-{secrets.token_hex(6)}"
         existing = self.workers.get(worker_id)
@@ -163,7 +164,6 @@ class Registry:
                            "worker's token in X-Worker-Token")
         token = secrets.token_urlsafe(32)
         caps = request.capabilities
-        host = request.advertise_host or request.vpn_ip or url_host(request.tunnel_url) or client_host
         record = WorkerRecord(
             worker_id, hash_token(token), worker_kind(caps), host, request.tunnel_url, caps,
             registered_at=existing.registered_at if existing else now, last_seen=now, persisted_seen=now,
@@ -209,6 +209,7 @@ class Registry:
             elif previous is not None and st.restarts > previous.restarts:
                 self._event("service-restarted", record.worker_id, name)
         record.services_status = statuses
+        record.track_ports()
         if record.failed_at:
             record.failed_at = {s: t for s, t in record.failed_at.items() if now - t < self.failure_cooldown}
             if not record.failed_at:
@@ -218,6 +219,34 @@ class Registry:
             self._unflushed.add(record.worker_id)
         if self._replan(record):
             self.store.save_assignment(record.worker_id, record.assigned, record.holds_data)
+        return record
+
+    def confirm_port(self, worker_id: str, host: str, service: str, port: int) -> None:
+        """The coordinator's check found the service answering at host:port: routers may use that port now."""
+        record = self._checked(worker_id, host, service, port)
+        if record is None:
+            return
+        record.confirmed_ports[service] = port
+        del record.unchecked_ports[service]
+        record.port_refusals.pop(service, None)
+        self._event("port-confirmed", worker_id, f"{service} answers its health check on port {port}")
+        self._recount(record)
+
+    def refuse_port(self, worker_id: str, host: str, service: str, port: int, reason: str) -> None:
+        """Routers keep off the reported port; the admin view and one event say why."""
+        record = self._checked(worker_id, host, service, port)
+        if record is None or record.port_refusals.get(service) == (port, reason):
+            return
+        first = record.port_refusals.get(service, (None, ""))[0] != port
+        record.port_refusals[service] = (port, reason)
+        if first:
+            self._event("port-refused", worker_id, f"{service} on port {port}: {reason}; routers keep off it")
+
+    def _checked(self, worker_id: str, host: str, service: str, port: int) -> WorkerRecord | None:
+        """The worker, if it still is at `host` and still reports `service` on `port` unchecked."""
+        record = self.workers.get(worker_id)
+        if record is None or record.host != host or record.unchecked_ports.get(service) != port:
+            return None
         return record
 
     def unregister(self, worker_id: str) -> None:
@@ -298,8 +327,10 @@ class Registry:
         return record
 
     def token_matches(self, worker_id: str, token: str) -> bool:
-        record = self.get(worker_id)
-        return hmac.compare_digest(record.token_hash, hash_token(token))
+        """The token is this worker's; False for an unknown id too, in the same time, so ids cannot be probed."""
+        record = self.workers.get(worker_id)
+        matches = hmac.compare_digest(record.token_hash if record else _NO_TOKEN, hash_token(token))
+        return matches and record is not None
 
     def pool(self) -> Pool:
         return Pool(Counter(self.counts))
@@ -332,6 +363,8 @@ class Registry:
                 record = self.workers[worker_id]
                 status = record.services_status.get(service)
                 port = record.port_of(service)
+                if port is None:  # never so while indexed as serving (WorkerRecord.serving needs a port)
+                    continue
                 replicas.append({
                     "worker_id": worker_id, "host": record.host, "port": port,
                     "url": f"http://{bracket(record.host)}:{port}", "load": record.load,
@@ -353,9 +386,9 @@ class Registry:
             env = {}
             for service, variables in STORE_VARIABLES.items():
                 worker_id = self.named_stores.named(service, self.serving_index[service])
-                if worker_id is not None:
-                    record = self.workers[worker_id]
-                    env.update(variables(record.host, record.port_of(service)))
+                record = self.workers[worker_id] if worker_id is not None else None
+                if record is not None and (port := record.port_of(service)) is not None:
+                    env.update(variables(record.host, port))
             self._store_env = (self.generation, env)
         return env
 
@@ -365,6 +398,10 @@ class Registry:
             record.capabilities.model_dump_json(), record.assigned, record.holds_data,
             record.registered_at, record.last_seen,
         )
+
+
+# Compared against when a worker id is unknown, so that answer takes as long as a wrong token's.
+_NO_TOKEN = hash_token("")
 
 
 def _serving_in(count_key: tuple[object, ...]) -> frozenset[str]:

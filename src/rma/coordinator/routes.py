@@ -14,8 +14,16 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from rma.catalog import BY_NAME, SERVICES
-from rma.coordinator.auth import bearer, bearer_value, has_api_key, is_admin, require_secret, same_secret
-from rma.coordinator.record import WorkerRecord
+from rma.coordinator.auth import (
+    bearer,
+    bearer_value,
+    has_store_key,
+    is_admin,
+    relayed,
+    require_secret,
+    same_secret,
+)
+from rma.coordinator.record import WorkerRecord, url_host
 from rma.coordinator.router_report import ReportBody
 from rma.coordinator.secrets import CONNECTION_URLS
 from rma.coordinator.state import CoordinatorState
@@ -68,6 +76,7 @@ def _worker_token_check(state: CoordinatorState, request: Request, worker_id: st
 
 
 def _check_worker_token(state: CoordinatorState, token: str | None, worker_id: str) -> None:
+    """Before anything says whether the id exists: an unknown id answers as a wrong token does."""
     if token is None:
         raise Unauthorized("this route needs the worker's token as 'Authorization: Bearer <token>'")
     if not state.registry.token_matches(worker_id, token):
@@ -88,8 +97,10 @@ async def register(request: Request) -> JSONResponse:
     settings = state.settings
     require_secret(request, settings.join_token, "registration", "RMA_JOIN_TOKEN")
     body = await _parse(request, RegisterRequest)
-    client = request.client.host if request.client else "127.0.0.1"
-    record, token = state.registry.register(body, client, request.headers.get("x-worker-token"))
+    peer = request.client.host if request.client else "127.0.0.1"
+    advertised = body.advertise_host or body.vpn_ip or url_host(body.tunnel_url)
+    host = state.admission.host(advertised, peer, relayed(request))
+    record, token = state.registry.register(body, host, request.headers.get("x-worker-token"))
     state.metrics.registrations.inc()
     answer = state.answers.assignment(record) | {
         "status": "registered", "worker_type": record.kind.value,
@@ -129,7 +140,9 @@ class Heartbeat:
             raise InvalidBody(error) from None
         token = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
         _check_worker_token(state, bearer_value(token), body.worker_id)
-        answer = state.answers.encoded(state.registry.heartbeat(body))
+        record = state.registry.heartbeat(body)
+        state.port_checks.after_beat(record)
+        answer = state.answers.encoded(record)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
@@ -140,10 +153,8 @@ async def unregister(request: Request) -> JSONResponse:
     """DELETE /api/worker/unregister/{worker_id}."""
     worker_id = request.path_params["worker_id"]
     state = _state(request)
-    state.registry.get(worker_id)
     admin = state.settings.admin_token
-    token = bearer(request)
-    if not (admin and same_secret(token, admin)):
+    if not (admin and same_secret(bearer(request), admin)):
         _worker_token_check(state, request, worker_id)
     state.registry.unregister(worker_id)
     state.answers.forget(worker_id)
@@ -171,6 +182,8 @@ def _worker_json(record: WorkerRecord, now: float) -> dict[str, Any]:
         "current_load": record.load,
         "metrics": record.metrics,
         "holds_data": sorted(record.holds_data),
+        # Reported ports routers do not use (yet): the assigned port, or one the coordinator confirmed, only.
+        "port_checks": record.port_checks(),
         "registered_at": record.registered_at,
         "last_heartbeat": record.last_seen,
         "age_seconds": round(now - record.last_seen, 3),
@@ -239,7 +252,7 @@ async def router_report(request: Request) -> dict[str, Any]:
 
 @router.get("/api/services/discover/{service}")
 async def discover(service: str, request: Request) -> dict[str, Any]:
-    """Healthy replicas; a store's secret and connection URL only for admin callers and client API keys."""
+    """Healthy replicas; a store's secret and connection URL only for admin callers and store keys (X-API-Key)."""
     state = _state(request)
     registry = state.registry
     if service not in BY_NAME:
@@ -248,7 +261,7 @@ async def discover(service: str, request: Request) -> dict[str, Any]:
     if not replicas:
         raise Unavailable(f"no healthy workers found for service: {service}")
     secret = registry.secrets.secret_for(service)
-    trusted = is_admin(request, state.settings.admin_token) or has_api_key(request, state.settings.api_keys)
+    trusted = is_admin(request, state.settings.admin_token) or has_store_key(request, state.settings.store_keys)
     if secret is not None and trusted:
         for replica in replicas:
             engine = registry.engine_of(service, replica["worker_id"])
@@ -278,8 +291,8 @@ async def watch(request: Request) -> StreamingResponse:
     """GET /api/worker/watch/{worker_id}: a JSON line per new assignment, pushed as it is made."""
     worker_id = request.path_params["worker_id"]
     state = _state(request)
-    record = state.registry.get(worker_id)
     _worker_token_check(state, request, worker_id)
+    record = state.registry.get(worker_id)
     lines = state.watchers.stream(record, state.settings.heartbeat_interval)
     return StreamingResponse(lines, media_type="application/x-ndjson")
 

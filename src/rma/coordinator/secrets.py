@@ -1,8 +1,8 @@
 """Stores' credentials and addresses: generated once, kept in the registry, handed out with care.
 
-A store's secret goes to the worker that runs the store (in its service config) and to
-callers holding the admin token (in discovery); it is never logged and never in an
-unauthenticated answer.
+A store's secret goes to the worker that runs the store (in its service config) and, in
+discovery, to callers holding the admin token or a store key (RMA_STORE_KEYS, sent as
+X-API-Key); it is never logged and never in an unauthenticated answer.
 """
 
 from __future__ import annotations

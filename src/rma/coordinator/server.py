@@ -30,6 +30,11 @@ def serve(settings: CoordinatorSettings) -> None:
         "coordinator on http://%s:%d (data in %s, heartbeat every %ss)",
         settings.host, settings.port, settings.data_dir, settings.heartbeat_interval,
     )
+    logging.getLogger("rma.coordinator").info(
+        "workers register as the address they connect from%s",
+        f"; vouched networks (may advertise another): {', '.join(map(str, settings.vouched_networks))}"
+        if settings.vouched_networks else " (no vouched networks: RMA_VOUCHED_NETWORKS)",
+    )
 
     async def main() -> None:
         stop = asyncio.Event()

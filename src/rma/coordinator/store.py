@@ -3,11 +3,16 @@
 Registrations and assignment changes are committed at once, one row each, so a `kill -9`
 loses nothing and the cost does not grow with the number of workers. Heartbeats only move
 `last_seen`, which is written in batches (`touch_many`), never once per beat.
+
+The file holds the stores' secrets and the workers' token hashes: it and the -wal and -shm
+files SQLite keeps beside it are readable by their owner alone (0600); a data dir the
+coordinator creates is 0700.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,9 +52,14 @@ class StoredWorker:
     last_seen: float
 
 
+# SQLite's companions of a database file; in WAL mode it makes them with the database file's mode.
+COMPANIONS = ("-wal", "-shm", "-journal")
+PRIVATE = 0o600
+
+
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(path)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a committed row survives a process crash (kill -9).
@@ -102,3 +112,13 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _private_file(path: Path) -> None:
+    """Make `path` (and any companions a crash left) owner-only before SQLite opens it."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE))
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in COMPANIONS)):
+        if file.exists() and file.stat().st_mode & 0o777 != PRIVATE:
+            file.chmod(PRIVATE)

@@ -13,7 +13,8 @@ class Coordinator(ServiceDriver):
     engine = "rma-coordinator"
     # The worker's settings of `rma coordinator`, so the replica admits the same workers, operators and clients
     # and guards its own /service as the edge proxy does.
-    passes = ("RMA_JOIN_TOKEN", "RMA_ADMIN_TOKEN", "HEARTBEAT_GRACE_INTERVALS", *GATEWAY_VARIABLES)
+    passes = ("RMA_JOIN_TOKEN", "RMA_ADMIN_TOKEN", "RMA_STORE_KEYS", "RMA_VOUCHED_NETWORKS",
+              "HEARTBEAT_GRACE_INTERVALS", *GATEWAY_VARIABLES)
 
     def launch(self, ctx: Context) -> Launch:
         argv: tuple[str, ...] = (

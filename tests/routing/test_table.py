@@ -81,3 +81,14 @@ def test_callable_source_rebuilds_at_most_every_ttl() -> None:
     clock["t"] = 0.6
     assert source.current().reasons == {"llm-inference": "why"}
     assert calls["n"] == 2
+
+
+def test_callable_source_rebuilds_at_once_when_its_version_changes() -> None:
+    """A replica that joined is routed on the next request, not one TTL later (discover and /service agree)."""
+    state = {"version": 1, "services": {}}
+    source = CallableSource(lambda: state["services"], ttl_s=60, clock=lambda: 0.0, version=lambda: state["version"])
+    assert source.current().endpoints("ner-extraction") == ()
+    state["services"] = TABLE["services"]
+    assert source.current().endpoints("ner-extraction") == ()  # same version, inside the TTL: the cached table
+    state["version"] = 2
+    assert source.current().endpoints("ner-extraction")

@@ -161,7 +161,8 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     # The coordinator's own `/service/{name}/{path}`: the routing engine over the registry itself, guarded as
     # the edge proxy is (a second public way to the services).
     gateway = gateway or GatewaySettings.from_env(os.environ)
-    services, guarded = coordinator_service(registry.routing_table, gateway, reasons=lambda: _gap_reasons(registry))
+    services, guarded = coordinator_service(registry.routing_table, gateway, reasons=lambda: _gap_reasons(registry),
+                                            version=lambda: registry.generation)
     app = Starlette(
         routes=[
             *worker_routes(state),

@@ -98,15 +98,17 @@ def create_edge_proxy(settings: RouterSettings, gateway: GatewaySettings,
 
 
 def coordinator_service(table: Callable[[], Any], gateway: GatewaySettings,
-                        reasons: Callable[[], Mapping[str, str]] | None = None) -> tuple[ServiceRouter, ASGIApp]:
+                        reasons: Callable[[], Mapping[str, str]] | None = None,
+                        version: Callable[[], int] | None = None) -> tuple[ServiceRouter, ASGIApp]:
     """The engine over an in-process table (the coordinator's registry), and the app for its `Mount("/service",
     ...)`: the engine behind the edge proxy's gateway, since this too is a public way to the services.
 
     `table()` returns `{service: [replica dicts]}` as `Registry.routing_table()` does; the app
     that mounts it runs `router.running()` in its lifespan (active checks, pooled client), and
-    reads `router.traffic` itself. It routes every service the load balancer does.
+    reads `router.traffic` itself. It routes every service the load balancer does. `version()` (the
+    registry's generation) changes whenever a replica joins or leaves: the table is rebuilt at once then.
     """
-    source: TableSource = CallableSource(table, reasons)
+    source: TableSource = CallableSource(table, reasons, version=version)
     router = ServiceRouter(source, prefix="", aliases=catalog.ALIASES, strip_headers=frozenset({API_KEY_HEADER}),
                            trust_forwarded=False)
     return router, Gateway(router, gateway)

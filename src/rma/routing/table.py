@@ -160,22 +160,27 @@ class LazyReasons(Mapping[str, str]):
 
 
 class CallableSource:
-    """A table built in-process (the coordinator's registry), rebuilt at most every `ttl_s`."""
+    """A table built in-process (the coordinator's registry), rebuilt at most every `ttl_s`, and at once
+    whenever `version()` changes (a replica joined or left), so a new or lost replica is never served stale."""
 
     def __init__(self, table: Callable[[], Any], reasons: Callable[[], Mapping[str, str]] | None = None,
-                 ttl_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+                 ttl_s: float = 0.5, clock: Callable[[], float] = time.monotonic,
+                 version: Callable[[], int] | None = None) -> None:
         self._build_table = table
         self._build_reasons = reasons
+        self._version = version
         self.ttl_s = ttl_s
         self.clock = clock
         self._table = Table()
         self._built_at = float("-inf")
+        self._built_version: int | None = None
 
     def current(self) -> Table:
         now = self.clock()
-        if now - self._built_at >= self.ttl_s:
+        version = self._version() if self._version is not None else None
+        if now - self._built_at >= self.ttl_s or version != self._built_version:
             services = parse_table(self._build_table())
             reasons: Mapping[str, str] = LazyReasons(self._build_reasons) if self._build_reasons else {}
             self._table = Table(services, reasons, loaded=True)
-            self._built_at = now
+            self._built_at, self._built_version = now, version
         return self._table

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 # Every optional package a driver or an engine app uses: the extras' top-level modules.
-OPTIONAL = ("minio", "cryptography", "neo4j", "arcadedb_embedded", "chromadb", "torch", "sentence_transformers",
+OPTIONAL = ("minio", "neo4j", "arcadedb_embedded", "chromadb", "torch", "sentence_transformers",
             "spacy", "llama_cpp", "pytesseract", "pypdfium2", "pypdf", "docx", "PIL")
 
 WITHOUT_EXTRAS = f"""

@@ -36,10 +36,16 @@ def coordinator(
     vouched_networks: str = typer.Option("", envvar="RMA_VOUCHED_NETWORKS", show_default=False,
                                          help="Comma-separated networks (CIDRs) whose workers may advertise an "
                                               "address other than the one they connect from (NAT, tunnels)."),
+    tls_cert: str | None = typer.Option(None, "--tls-cert", envvar="RMA_TLS_CERT", show_default=False,
+                                        help="PEM certificate (with its chain) to serve HTTPS with, through the "
+                                             "front door."),
+    tls_key: str | None = typer.Option(None, "--tls-key", envvar="RMA_TLS_KEY", show_default=False,
+                                       help="The certificate's PEM private key (a 0600 file)."),
 ) -> None:
     """Run the coordinator: worker registry, gap-filling placement, health timers."""
     from rma.coordinator.auth import parse_networks
     from rma.coordinator.server import serve
+    from rma.routing.commands import front_settings
 
     try:
         vouched = parse_networks(vouched_networks)
@@ -48,7 +54,7 @@ def coordinator(
     serve(CoordinatorSettings(host=host, port=port, data_dir=data_dir, heartbeat_interval=heartbeat_interval,
                               grace_intervals=grace_intervals, join_token=join_token or None,
                               admin_token=admin_token or None, api_keys=_keys(api_keys), store_keys=_keys(store_keys),
-                              vouched_networks=vouched))
+                              vouched_networks=vouched), front_settings(tls_cert, tls_key))
 
 
 def _keys(value: str) -> tuple[str, ...]:
@@ -85,6 +91,23 @@ def discover(
     from rma.discover import show_discovery
 
     raise typer.Exit(show_discovery(coordinator.split(",")[0].strip(), service, admin_token, api_key, as_json))
+
+
+@app.command("tls-ca")
+def tls_ca(
+    folder: Path = typer.Option(Path(".rma/tls"), "--dir", help="Folder for the CA and the server certificate."),
+    names: list[str] = typer.Option(["localhost", "127.0.0.1", "::1"], "--name",
+                                    help="A DNS name or IP address the server certificate covers (repeat)."),
+) -> None:
+    """Make a private CA and a server certificate for a pool on one machine or a LAN.
+
+    Serve it with RMA_TLS_CERT/RMA_TLS_KEY (the coordinator, edge proxy, load balancer); give
+    workers, routers and clients the CA as RMA_CA_FILE (curl: --cacert; Python: SSL_CERT_FILE).
+    """
+    from rma.front.local_ca import make_local_ca
+
+    made = make_local_ca(folder, names)
+    typer.echo(f"RMA_TLS_CERT={made.cert}\nRMA_TLS_KEY={made.key}\nRMA_CA_FILE={made.ca_file}")
 
 
 register_worker_commands(app)

@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import typer
 
+from rma.front import client_context
+
 
 def discover_line(answer: dict[str, Any]) -> str:
     """The recommended replica's connection URL (stores, for authorised callers), else its plain URL."""
@@ -24,7 +26,8 @@ def show_discovery(coordinator_url: str, service: str, admin_token: str | None, 
     if api_key:
         headers["X-API-Key"] = api_key
     try:
-        answer = httpx.get(f"{coordinator_url}/api/services/discover/{service}", headers=headers, timeout=10)
+        answer = httpx.get(f"{coordinator_url}/api/services/discover/{service}", headers=headers, timeout=10,
+                           verify=client_context())
     except httpx.HTTPError as error:
         typer.echo(f"cannot reach the coordinator at {coordinator_url}: {error}", err=True)
         return 1

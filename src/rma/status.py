@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rma.catalog import BY_NAME
+from rma.front import client_context
 from rma.gap_reasons import groups, short_reason
 
 STATUS_STYLE = {"critical": "bold red", "warning": "yellow", "ok": "green"}
@@ -54,7 +55,8 @@ def _get(client: httpx.Client, path: str) -> dict[str, Any]:
 
 def fetch(coordinator_url: str, admin_token: str | None, transport: httpx.BaseTransport | None = None) -> Answers:
     headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
-    with httpx.Client(base_url=coordinator_url, headers=headers, timeout=10, transport=transport) as client:
+    with httpx.Client(base_url=coordinator_url, headers=headers, timeout=10, transport=transport,
+                      verify=client_context()) as client:
         return Answers(_get(client, "/api/admin/workers"), _get(client, "/api/admin/gaps"))
 
 

@@ -21,13 +21,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from rma.front import client_context
+
 PORT, NAME = int(sys.argv[1]), sys.argv[2]
 COORDINATOR, SERVICE = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else (None, None)
 KB = b"x" * 1024
 
 
 async def play_worker() -> None:
-    async with httpx.AsyncClient(base_url=COORDINATOR or "", timeout=2, trust_env=False) as client:
+    async with httpx.AsyncClient(base_url=COORDINATOR or "", timeout=2, trust_env=False,
+                                 verify=client_context()) as client:
         caps = {"worker_type": "cpu", "engines": ["spacy", "rma-notes-coa"], "cpu_cores": 4, "ram_mb": 8000}
         answer = (await client.post("/api/worker/register", json={
             "worker_id": NAME, "advertise_host": "127.0.0.1", "capabilities": caps})).json()

@@ -17,8 +17,9 @@ BACKEND = Path(__file__).with_name("backend.py")
 class Backend(RmaProcess):
     """backend.py as a child process (kill9/stop from RmaProcess)."""
 
-    def __init__(self, name: str, tmp_path: Path, coordinator: str | None, service: str | None) -> None:
-        super().__init__([], tmp_path / f"{name}.log")
+    def __init__(self, name: str, tmp_path: Path, coordinator: str | None, service: str | None,
+                 env: dict[str, str] | None = None) -> None:
+        super().__init__([], tmp_path / f"{name}.log", env)
         self.name = name
         self.port = free_port()
         self.argv = [sys.executable, str(BACKEND), str(self.port), name, *([coordinator, service]
@@ -26,7 +27,7 @@ class Backend(RmaProcess):
 
     def start(self) -> Backend:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env=self.env, start_new_session=True)
         log.close()
         url = f"http://127.0.0.1:{self.port}"
         wait_until(lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200, 15, what=f"backend {self.name}")
@@ -34,8 +35,8 @@ class Backend(RmaProcess):
 
 
 def start_backend(processes: list[RmaProcess], tmp_path: Path, name: str, coordinator: str | None = None,
-                  service: str | None = None) -> Backend:
-    backend = Backend(name, tmp_path, coordinator, service)
+                  service: str | None = None, env: dict[str, str] | None = None) -> Backend:
+    backend = Backend(name, tmp_path, coordinator, service, env)
     processes.append(backend)
     return backend.start()
 

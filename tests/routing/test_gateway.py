@@ -109,3 +109,21 @@ def test_settings_from_the_edge_proxys_variables() -> None:
     for name, value in (("RMA_MAX_BODY_MB", "lots"), ("RMA_RATE_BURST", "0"), ("RMA_RATE_LIMIT", "nan")):
         with pytest.raises(ValueError, match=name):
             GatewaySettings.from_env({name: value})
+
+
+def test_rate_limit_is_per_api_key_when_one_is_sent() -> None:
+    """One address calling for many users with two keys has two buckets; without a key, or with a wrong one,
+    the address's own bucket."""
+    settings = GatewaySettings(api_keys=("k1", "k2"), rate_per_s=1.0, rate_burst=2.0)
+    app = Gateway(inner, settings, clock=lambda: 0.0)
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+            statuses = []
+            for key in ("k1", "k1", "k1", "k2", "k2", "bad", "bad", "bad", None):
+                headers = {"x-api-key": key} if key else {}
+                statuses.append((await client.get("/service/ner/x", headers=headers)).status_code)
+            return statuses
+
+    assert asyncio.run(run()) == [200, 200, 429, 200, 200, 401, 401, 429, 429]

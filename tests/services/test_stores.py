@@ -17,9 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from rma.files import write_private
 from rma.services import DRIVERS
 from rma.services.accounts import as_server, check_reachable
-from rma.services.base import Context, ServiceDriver, find_binary, write_private
+from rma.services.base import Context, ServiceDriver, find_binary
 from rma.services.postgres import HBA, PGDATA, listen_addresses
 from rma.worker.engines import runnable_engines
 from rma.worker.probe import Probe

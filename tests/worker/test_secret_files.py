@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from procs import RmaProcess, start_coordinator, start_worker, wait_until
-from rma.services.base import write_private
+from rma.files import write_private
 from rma.worker.config import Identity, load_identity, save_identity
 
 # The stores with a password (chromadb has none). neo4j's engine here (ArcadeDB) takes the machine's one

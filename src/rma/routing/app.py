@@ -17,6 +17,7 @@ import uvloop
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rma import catalog
+from rma.front import FrontSettings
 from rma.routing.fastpath import FastPath
 from rma.routing.gateway import API_KEY_HEADER, Gateway, GatewaySettings
 from rma.routing.report import TrafficReporter
@@ -114,11 +115,13 @@ def coordinator_service(table: Callable[[], Any], gateway: GatewaySettings,
     return router, Gateway(router, gateway)
 
 
-def serve(app: RoutingApp, host: str, port: int) -> None:
-    """Run `app` on the lean server (uvloop) with the router's loops, until SIGINT or SIGTERM."""
+def serve(app: RoutingApp, host: str, port: int, front: FrontSettings | None = None) -> None:
+    """Run `app` on the lean server (uvloop) with the router's loops, until SIGINT or SIGTERM;
+    behind the front door (Caddy) where `front` says the listener needs it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("rma.routing").info("%s on http://%s:%d", app.name, host, port)
+    front = front or FrontSettings()
+    logging.getLogger("rma.routing").info("%s on %s://%s:%d", app.name, front.scheme(), host, port)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -126,6 +129,6 @@ def serve(app: RoutingApp, host: str, port: int) -> None:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         gateway = app.front if isinstance(app.front, Gateway) else None
         async with app.router.running():
-            await serve_forever(app, host, port, stop, FastPath(app.router, gateway))
+            await serve_forever(app, host, port, stop, FastPath(app.router, gateway), front)
 
     uvloop.run(main())

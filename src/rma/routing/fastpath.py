@@ -52,6 +52,10 @@ def remember(memo: dict[Key, Value], key: Key, value: Value) -> Value:
     return value
 
 
+# A remembered upstream head's key: url, method, client address, scheme, the client's headers.
+TailKey = tuple[str, str, str | None, str, tuple[tuple[bytes, bytes], ...]]
+
+
 class FastPath:
     """Called by the server with each parsed request; True when it took the request."""
 
@@ -62,7 +66,7 @@ class FastPath:
         self.relays: set[Forwarding] = set()  # forwards in flight, for the sweep
         self.sweeper: asyncio.TimerHandle | None = None
         self.heads: tuple[dict[bytes, bytes | None], dict[bytes, bytes | None]] = ({}, {})  # by `complete`
-        self.tails: dict[tuple[str, str, str | None, tuple[tuple[bytes, bytes], ...]], bytes] = {}
+        self.tails: dict[TailKey, bytes] = {}
         self.source, self.balancer, self.pool = router.source, router.balancer, router.forwarder.pool
 
     def __call__(self, request: Request) -> bool:
@@ -110,11 +114,12 @@ class FastPath:
 
     def tail(self, request: Request, url: str) -> bytes:
         """The upstream head after its target (`Outgoing.tail`), remembered: a client repeats its headers."""
-        client = request.conn.client
-        key = (url, request.method, client[0] if client else None, tuple(request.headers))
+        client = request.client
+        key = (url, request.method, client[0] if client else None, request.scheme, tuple(request.headers))
         tail = self.tails.get(key)
         if tail is None:
-            outgoing = forwarded(request.method, b"", b"", request.headers, key[2], "http", self.router.skip_headers,
+            outgoing = forwarded(request.method, b"", b"", request.headers, key[2], request.scheme,
+                                 self.router.skip_headers,
                                  self.router.trust_forwarded)
             tail = remember(self.tails, key, outgoing.tail(url, NO_BODY))
         return tail

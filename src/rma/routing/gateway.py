@@ -29,7 +29,7 @@ class GatewaySettings:
     api_keys: tuple[str, ...] = ()  # empty: no key needed; else X-API-Key must be one of these
     cors_origins: tuple[str, ...] = ()  # "*" for any origin
     max_body_bytes: int = DEFAULT_MAX_BODY
-    rate_per_s: float = 100.0  # per client address; 0 turns rate limiting off
+    rate_per_s: float = 100.0  # per API key, per client address without one; 0: off
     rate_burst: float = 200.0
 
     @classmethod
@@ -122,14 +122,15 @@ class Gateway:
             return
         if origin is not None:
             send = _with_cors(send, origin)
+        key = self.key_of(headers.get(API_KEY_HEADER))
         if self.limiter is not None:
-            client = scope["client"][0] if scope.get("client") else ""
-            wait = self.limiter.wait(client, self.clock())
+            wait = self.limiter.wait(_bucket(scope, key), self.clock())
             if wait > 0:
-                await answer(send, 429, {"error": f"rate limit: {self.settings.rate_per_s:g} requests/s per client"},
+                await answer(send, 429, {"error": f"rate limit: {self.settings.rate_per_s:g} requests/s per API key "
+                                                  "(per client address without one)"},
                              [(b"retry-after", str(math.ceil(wait)).encode())])
                 return
-        if self.keys and not self.key_ok(headers.get(API_KEY_HEADER)):
+        if self.keys and key is None:
             await answer(send, 401, {"error": "a valid API key is required in the X-API-Key header"},
                          [(b"www-authenticate", b"ApiKey")])
             return
@@ -152,17 +153,22 @@ class Gateway:
             return False  # a CORS preflight: the gateway answers it itself
         if self.origins and b"origin" in headers:
             return False
-        if self.keys and not self.key_ok(headers.get(API_KEY_HEADER)):
+        key = self.key_of(headers.get(API_KEY_HEADER))
+        if self.keys and key is None:
             return False
         if self.limiter is not None:
-            client = scope["client"][0] if scope.get("client") else ""
-            return self.limiter.wait(client, self.clock()) == 0
+            return self.limiter.wait(_bucket(scope, key), self.clock()) == 0
         return True
 
-    def key_ok(self, presented: bytes | None) -> bool:
+    def key_of(self, presented: bytes | None) -> int | None:
+        """Which configured API key the client presented (its index), None for none or a wrong one."""
         if presented is None:
-            return False
-        return any(hmac.compare_digest(presented, key) for key in self.keys)
+            return None
+        found = None
+        for index, key in enumerate(self.keys):
+            if hmac.compare_digest(presented, key):
+                found = index  # every key compared, so the time does not tell which matched
+        return found
 
     async def preflight(self, send: Send, origin: bytes | None, headers: dict[bytes, bytes]) -> None:
         if origin is None:
@@ -176,6 +182,14 @@ class Gateway:
         ]
         await send({"type": "http.response.start", "status": 204, "headers": allow})
         await send({"type": "http.response.body", "body": b""})
+
+
+def _bucket(scope: Scope, key: int | None) -> str:
+    """Whose rate limit a request counts against: its API key's, when it sent a valid one (a backend calling
+    for many users shares one address), else its client address's (wrong keys included)."""
+    if key is not None:
+        return f"key {key}"
+    return scope["client"][0] if scope.get("client") else ""
 
 
 def _with_cors(send: Send, origin: bytes) -> Send:

@@ -20,6 +20,7 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from rma import catalog
+from rma.front import client_context
 from rma.routing.balancer import Balancer, RetryBudget
 from rma.routing.proxy import (
     HOP_BY_HOP,
@@ -147,7 +148,7 @@ class ServiceRouter:
     async def running(self) -> AsyncIterator[None]:
         """Background loops (table refresh if the source has one, active checks, traffic reports if a
         reporter was given) for the app's lifetime."""
-        control = httpx.AsyncClient(trust_env=False, timeout=PROBE_TIMEOUT_S)
+        control = httpx.AsyncClient(trust_env=False, timeout=PROBE_TIMEOUT_S, verify=client_context())
         tasks = [asyncio.create_task(self.check_health(control))]
         if self.reporter is not None:
             tasks.append(asyncio.create_task(self.reporter.run(control, self.traffic, self.clock)))

@@ -23,6 +23,9 @@ from urllib.parse import unquote_to_bytes
 import httptools
 from starlette.types import ASGIApp, Message
 
+from rma.front import FrontDoor, FrontSettings
+from rma.front.caddy import RELAYED_HEADER
+
 log = logging.getLogger("rma.routing")
 
 # Takes a parsed request and returns True when it forwards it itself, else the ASGI app runs it.
@@ -32,6 +35,8 @@ REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 NO_BODY = frozenset({204, 304})
 SERVER_ERROR = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+RELAYED = RELAYED_HEADER.lower().encode()
+FRONT_HEADERS = frozenset({b"x-forwarded-host", b"via"})  # the rest of what Caddy adds to a relayed request
 
 
 class Request:
@@ -52,6 +57,7 @@ class Request:
     chunked = False
     head = b""  # the response head, written with the first body message
     cancel: Callable[[], None] | None = None  # stops a fast-path forward when the client goes
+    scheme = "http"
 
     def __init__(self, conn: HttpProtocol, method: str, raw_path: bytes, query: bytes,
                  headers: list[tuple[bytes, bytes]], http_version: str, keep_alive: bool) -> None:
@@ -62,6 +68,9 @@ class Request:
         self.headers = headers
         self.http_version = http_version
         self.keep_alive = keep_alive
+        self.client = conn.client
+        if conn.behind_front:
+            self._from_front(headers)
         for name, value in headers:
             if name == b"content-length":
                 self.has_body = self.has_body or value != b"0"
@@ -72,14 +81,33 @@ class Request:
         self.head_only = method == "HEAD"
         self.body: deque[bytes] = deque()
 
+    def _from_front(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """A request relayed by this process's own front door: its client and scheme are what Caddy set.
+
+        Caddy's forwarding headers are taken off, so the app sees the request as the client sent it;
+        an X-Forwarded-For the client itself sent (Caddy passes it as X-Rma-Relayed) is put back.
+        """
+        kept = []
+        for name, value in headers:
+            if name == b"x-forwarded-for":
+                self.client = (value.decode("latin-1").rsplit(",", 1)[-1].strip(), 0)
+            elif name == b"x-forwarded-proto":
+                self.scheme = "https" if value == b"https" else "http"
+            elif name == RELAYED:
+                if value:
+                    kept.append((b"x-forwarded-for", value))
+            elif name not in FRONT_HEADERS:
+                kept.append((name, value))
+        headers[:] = kept
+
     @property
     def scope(self) -> dict[str, Any]:
         if self._scope is None:
             self._scope = {
                 "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-                "http_version": self.http_version, "method": self.method, "scheme": "http",
+                "http_version": self.http_version, "method": self.method, "scheme": self.scheme,
                 "path": _unquote(self.raw_path), "raw_path": self.raw_path, "query_string": self.query,
-                "root_path": "", "headers": self.headers, "client": self.conn.client, "server": self.conn.server,
+                "root_path": "", "headers": self.headers, "client": self.client, "server": self.conn.server,
             }
         return self._scope
 
@@ -176,8 +204,10 @@ class Request:
 class HttpProtocol(asyncio.Protocol):
     """One client connection: parses requests, runs the app per request, in order."""
 
-    def __init__(self, app: ASGIApp, loop: asyncio.AbstractEventLoop, fast: FastForward | None = None) -> None:
+    def __init__(self, app: ASGIApp, loop: asyncio.AbstractEventLoop, fast: FastForward | None = None,
+                 behind_front: bool = False) -> None:
         self.app = app
+        self.behind_front = behind_front  # on the front door's private socket: Caddy relays every request
         self.fast = fast
         self.loop = loop
         self.parser = httptools.HttpRequestParser(self)
@@ -333,13 +363,29 @@ def _unquote(path: bytes) -> str:
 
 
 async def serve_forever(app: ASGIApp, host: str, port: int, stop: asyncio.Event,
-                        fast: FastForward | None = None) -> None:
+                        fast: FastForward | None = None, front: FrontSettings | None = None) -> None:
     """Listen until `stop` is set; then stop accepting and close open connections.
 
-    `fast`, where given, sees each request first and takes those it can forward itself.
+    `fast`, where given, sees each request first and takes those it can forward itself. Where
+    `front` says the listener needs it (TLS, or an address other than loopback), Caddy listens on
+    host:port and this server on its private socket; should Caddy stop, so does this (exit 1).
     """
     loop = asyncio.get_running_loop()
-    factory: Callable[[], asyncio.Protocol] = lambda: HttpProtocol(app, loop, fast)  # noqa: E731
-    server = await loop.create_server(factory, host, port, backlog=4096, reuse_address=True)
-    async with server:
-        await stop.wait()
+    front = front or FrontSettings()
+    if not front.needed(host):
+        plain: Callable[[], asyncio.Protocol] = lambda: HttpProtocol(app, loop, fast)  # noqa: E731
+        server = await loop.create_server(plain, host, port, backlog=4096, reuse_address=True)
+        async with server:
+            await stop.wait()
+        return
+    door = FrontDoor(front, host, port)
+    relayed: Callable[[], asyncio.Protocol] = lambda: HttpProtocol(app, loop, fast, behind_front=True)  # noqa: E731
+    server = await loop.create_unix_server(relayed, str(door.upstream), backlog=4096)
+    async with server, door:
+        assert door.exited is not None
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([stopping, door.exited], return_when=asyncio.FIRST_COMPLETED)
+        if not stopping.done():
+            stopping.cancel()
+            log.error("the front door (caddy) stopped: %s", door.errors() or "no error logged")
+            raise SystemExit(1)

@@ -17,13 +17,13 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rma import catalog
+from rma.front.settings import CA_FILE_VARIABLE, TLS_VARIABLES, TlsCheck
 
 # A health probe that takes longer than this counts as a failure: a service too slow to
 # answer its health check is too slow to serve.
@@ -31,9 +31,10 @@ HEALTH_TIMEOUT_S = 2.0
 
 # What every process the worker starts gets of the worker's own environment: where programs,
 # libraries and Python packages are, the home folder, locale (and LC_*), clock, temporary folder,
-# and unbuffered Python output (so a service's log lines reach its log file as they are written).
+# unbuffered Python output (so a service's log lines reach its log file as they are written), and the
+# private CA that the coordinator's certificate is checked against (RMA_CA_FILE).
 PLATFORM_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "PYTHONPATH",
-                      "PYTHONUNBUFFERED")
+                      "PYTHONUNBUFFERED", CA_FILE_VARIABLE)
 PLATFORM_PREFIXES = ("LC_",)
 # The seed's variables that say where the pool's stores are, as the coordinator sends them with every
 # service config: what a service is handed unless its driver says otherwise.
@@ -109,11 +110,19 @@ class ServiceDriver(ABC):
         return {**platform_env(platform), **passed, **launch.env}
 
     async def healthy(self, ctx: Context) -> bool:
-        """Check the service as the catalogue says: an HTTP GET answering 2xx, or a TCP connect."""
+        """Check the service as the catalogue says: an HTTP GET answering 2xx (over TLS where the service
+        serves it), or a TCP connect."""
         check = self.service.health
         if check.protocol == "http":
-            return await http_ok(probe_host(ctx.host), ctx.port, check.path)
+            return await http_ok(probe_host(ctx.host), ctx.port, check.path, self.tls_check(ctx))
         return await tcp_open(probe_host(ctx.host), ctx.port)
+
+
+    def tls_check(self, ctx: Context) -> TlsCheck | None:
+        """How to check this service's own TLS listener, where it serves one (a router or a coordinator given
+        RMA_TLS_CERT/RMA_TLS_KEY); None for plain HTTP."""
+        cert = ctx.env.get(TLS_VARIABLES[0]) if TLS_VARIABLES[0] in self.passes else None
+        return TlsCheck.of(Path(cert), {**os.environ, **ctx.env}) if cert else None
 
 
 def require_secret(ctx: Context, service: str) -> str:
@@ -127,25 +136,6 @@ def platform_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The variables of `environ` that every process the worker starts gets (PLATFORM_VARIABLES)."""
     return {name: value for name, value in environ.items()
             if name in PLATFORM_VARIABLES or name.startswith(PLATFORM_PREFIXES)}
-
-
-def write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
-    """Write a file only its owner can read: secrets go in files like this, never on a command line.
-
-    Written whole to a new file beside it, then renamed into place: nothing at `path` is ever opened,
-    so a link a store's account planted in its own folder (pgdata) cannot send a root worker's write
-    elsewhere, an older file's looser mode never carries over, and a crash never leaves half a file.
-    """
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # O_EXCL, 0600
-    try:
-        with os.fdopen(fd, "w") as file:
-            if owner is not None:
-                os.fchown(fd, *owner)
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def cpu_threads(ctx: Context) -> int:
@@ -207,13 +197,17 @@ async def tcp_open(host: str, port: int) -> bool:
     return True
 
 
-async def tcp_lines(host: str, port: int, send: bytes, count: int) -> list[bytes]:
-    """Send `send` and read `count` answer lines; [] when the service cannot be reached."""
+async def tcp_lines(host: str, port: int, send: bytes, count: int, tls: TlsCheck | None = None) -> list[bytes]:
+    """Send `send` and read `count` answer lines; [] when the service cannot be reached, or its TLS
+    listener does not serve the certificate `tls` expects."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), HEALTH_TIMEOUT_S)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=tls.context if tls else None), HEALTH_TIMEOUT_S)
     except (OSError, TimeoutError):
         return []
     try:
+        if tls is not None and not tls.served(writer.get_extra_info("ssl_object")):
+            return []
         writer.write(send)
         await writer.drain()
         return [await asyncio.wait_for(reader.readline(), HEALTH_TIMEOUT_S) for _ in range(count)]
@@ -224,7 +218,7 @@ async def tcp_lines(host: str, port: int, send: bytes, count: int) -> list[bytes
         await _closed(writer)
 
 
-async def http_ok(host: str, port: int, path: str) -> bool:
+async def http_ok(host: str, port: int, path: str, tls: TlsCheck | None = None) -> bool:
     """GET `path` on a fresh connection: a 2xx status means healthy.
 
     A plain request line rather than an HTTP client: a client built per check (TLS context
@@ -232,7 +226,7 @@ async def http_ok(host: str, port: int, path: str) -> bool:
     """
     url_host = f"[{host}]" if ":" in host else host
     request = f"GET {path} HTTP/1.1\r\nHost: {url_host}:{port}\r\nConnection: close\r\n\r\n".encode()
-    status = await tcp_lines(host, port, request, 1)
+    status = await tcp_lines(host, port, request, 1, tls)
     parts = status[0].split() if status else []
     return len(parts) >= 2 and parts[1].startswith(b"2")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from rma import catalog
+from rma.files import write_private
 from rma.services.accounts import STORE_ACCOUNT, as_server, check_reachable, service_account
 from rma.services.base import (
     HEALTH_TIMEOUT_S,
@@ -36,7 +37,6 @@ from rma.services.base import (
     ServiceDriver,
     probe_host,
     require_secret,
-    write_private,
 )
 
 NEO4J, ARCADEDB = "neo4j", "arcadedb"

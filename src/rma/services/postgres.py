@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg
 
 from rma import catalog
+from rma.files import write_private
 from rma.services.accounts import as_server, check_reachable, service_account
 from rma.services.base import (
     HEALTH_TIMEOUT_S,
@@ -29,7 +30,6 @@ from rma.services.base import (
     platform_env,
     probe_host,
     require_secret,
-    write_private,
 )
 
 # The superuser and its database: the coordinator's connection URL names both.

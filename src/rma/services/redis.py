@@ -7,7 +7,8 @@ redis does not start: it would serve anyone who reaches its port.
 
 from __future__ import annotations
 
-from rma.services.base import Context, Launch, ServiceDriver, probe_host, require_secret, tcp_lines, write_private
+from rma.files import write_private
+from rma.services.base import Context, Launch, ServiceDriver, probe_host, require_secret, tcp_lines
 
 SECRET_FILE = "redis-secret.conf"
 

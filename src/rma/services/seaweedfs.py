@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 import httpx
 
 from rma import catalog
+from rma.files import write_private
 from rma.services.accounts import STORE_ACCOUNT, as_server, check_reachable, service_account
-from rma.services.base import HEALTH_TIMEOUT_S, Context, Launch, probe_host, write_private
+from rma.services.base import HEALTH_TIMEOUT_S, Context, Launch, probe_host
 
 if TYPE_CHECKING:
     import minio

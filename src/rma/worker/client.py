@@ -14,6 +14,7 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from rma.front import client_context
 from rma.protocol import HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class CoordinatorClient:
         self.urls = urls
         self.join_token = join_token
         self._current = 0
-        self._http = httpx.AsyncClient(transport=transport, timeout=timeout_s)
+        self._http = httpx.AsyncClient(transport=transport, timeout=timeout_s, verify=client_context())
 
     @property
     def url(self) -> str:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from rma.files import write_private
 from rma.services import DRIVERS
-from rma.services.base import write_private
 
 # The seed's service variables, and ours beside them, that the drivers read to build a command.
 # HF_HOME and HF_HUB_CACHE say where the vLLM engines' models are, which decides whether they are offered.

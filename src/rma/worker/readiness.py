@@ -25,11 +25,12 @@ class WorkerSnapshot:
     statuses: Mapping[str, ServiceStatus]
 
 
-def where(name: str, status: ServiceStatus, host: str, edge_url: str | None) -> str:
-    """How a person reaches a healthy service: through the edge proxy for applications."""
+def where(name: str, status: ServiceStatus, host: str, edge_url: str | None, scheme: str = "http") -> str:
+    """How a person reaches a healthy service: through the edge proxy for applications; `scheme` is what
+    the edge worker's listeners (edge proxy, load balancer, coordinator) serve."""
     service = BY_NAME[name]
     if service.kind == Kind.EDGE:
-        return f"http://{host}:{status.port}"
+        return f"{scheme}://{host}:{status.port}"
     if service.kind == Kind.STORAGE:
         return f"{host}:{status.port}  (credentials: rma discover {name})"
     if edge_url:
@@ -42,6 +43,7 @@ class Progress:
     """Remembers what was already said, so each line is printed once."""
 
     host: str
+    scheme: str = "http"  # https when `rma up --tls`
     shown: set[tuple[str, str]] = field(default_factory=set)
     last_progress: float = 0.0
     ready: bool = False
@@ -50,7 +52,7 @@ class Progress:
         """New lines for this snapshot: services newly healthy (or failed), and progress while loading."""
         statuses = {name: st for w in workers for name, st in w.statuses.items()}
         edge = statuses.get("edge-proxy")
-        edge_url = f"http://{self.host}:{edge.port}" if edge and edge.state == HEALTHY else None
+        edge_url = f"{self.scheme}://{self.host}:{edge.port}" if edge and edge.state == HEALTHY else None
         out = []
         # Applications are announced with their edge URL, unless no edge proxy is coming.
         edge_coming = edge_url is None and any(
@@ -62,7 +64,7 @@ class Progress:
             if status.state == HEALTHY and not (application and edge_coming):
                 if (name, HEALTHY) not in self.shown:
                     self.shown.add((name, HEALTHY))
-                    out.append(f"{name:<20} healthy   {where(name, status, self.host, edge_url)}")
+                    out.append(f"{name:<20} healthy   {where(name, status, self.host, edge_url, self.scheme)}")
             elif status.state == FAILED and (name, FAILED) not in self.shown:
                 self.shown.add((name, FAILED))
                 out.append(f"{name:<20} failed    {status.message}")

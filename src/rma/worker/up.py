@@ -19,10 +19,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import typer
 
+from rma.front import client_context
+from rma.front.local_ca import LocalCa, make_local_ca
+from rma.front.settings import CA_FILE_VARIABLE
 from rma.gap_reasons import short_reason
 from rma.protocol import Assignment
 from rma.services.coordinator import Coordinator
@@ -52,13 +56,16 @@ def up(
     heartbeat_interval: float = typer.Option(5.0, envvar="HEARTBEAT_INTERVAL", min=0.1, help="Seconds between beats."),
     worker_type: str = typer.Option("auto", envvar="WORKER_TYPE",
                                     help="auto: one worker per kind served here; or gpu, cpu, storage, edge."),
+    tls: bool = typer.Option(False, "--tls", envvar="RMA_UP_TLS",
+                             help="Serve the coordinator, edge proxy and load balancer over HTTPS, with a local CA "
+                                  "made in DATA_DIR/tls (clients trust it: RMA_CA_FILE, curl --cacert)."),
 ) -> None:
     """Start a coordinator and a worker of every kind this machine serves; Ctrl-C stops them all."""
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     data_dir = data_dir.resolve()
     try:
         with holding(data_dir):
-            raise SystemExit(asyncio.run(run_up(data_dir, host, port, heartbeat_interval, worker_type.lower())))
+            raise SystemExit(asyncio.run(run_up(data_dir, host, port, heartbeat_interval, worker_type.lower(), tls)))
     except AlreadyRunning as exc:
         typer.echo(str(exc), err=True)
         raise SystemExit(1) from None
@@ -85,13 +92,16 @@ def holding(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-async def run_up(data_dir: Path, host: str, port: int, heartbeat_interval: float, worker_type: str) -> int:
+async def run_up(data_dir: Path, host: str, port: int, heartbeat_interval: float, worker_type: str,
+                 tls: bool = False) -> int:
     started = time.monotonic()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     env = service_env(os.environ, None)
+    if tls:
+        env |= _local_tls(data_dir / "tls", host)
     log_path = data_dir / "logs" / "coordinator.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     coordinator = Supervisor(Coordinator(), Placement(host, port, data_dir / "coordinator", log_path,
@@ -102,7 +112,7 @@ async def run_up(data_dir: Path, host: str, port: int, heartbeat_interval: float
             if not await _until_healthy(coordinator, stop):
                 typer.echo(f"coordinator did not start: {coordinator.status.message} (see {log_path})", err=True)
                 return 1
-            url = f"http://{host}:{coordinator.status.port}"
+            url = f"{'https' if tls else 'http'}://{host}:{coordinator.status.port}"
             if coordinator.status.port != port:
                 typer.echo(f"Port {port} is taken: the coordinator listens on {coordinator.status.port} instead")
             typer.echo(f"Coordinator: {url}  (data in {data_dir})")
@@ -125,6 +135,18 @@ async def run_up(data_dir: Path, host: str, port: int, heartbeat_interval: float
             stop.set()
             coordinator.stop()
     return 0
+
+
+def _local_tls(folder: Path, host: str) -> dict[str, str]:
+    """The local CA for `rma up --tls`: made once, kept in `folder`; every process of this pool trusts it
+    (RMA_CA_FILE), and the coordinator and the routers serve its certificate."""
+    ca = LocalCa(folder / "ca.pem", folder / "server.pem", folder / "server-key.pem")
+    if not all(path.is_file() for path in (ca.ca_file, ca.cert, ca.key)):
+        ca = make_local_ca(folder, list(dict.fromkeys(["localhost", host, "127.0.0.1", "::1"])))
+    os.environ[CA_FILE_VARIABLE] = str(ca.ca_file)  # this process's own clients, and the services it starts
+    typer.echo(f"TLS: local CA {ca.ca_file} (clients: export RMA_CA_FILE={ca.ca_file} SSL_CERT_FILE={ca.ca_file}; "
+               f"curl --cacert {ca.ca_file})")
+    return {"RMA_TLS_CERT": str(ca.cert), "RMA_TLS_KEY": str(ca.key)}
 
 
 async def _until_healthy(sup: Supervisor, stop: asyncio.Event) -> bool:
@@ -159,7 +181,7 @@ def _snapshots(agents: list[Agent], workers: list[LocalWorker]) -> list[WorkerSn
 async def _announce(agents: list[Agent], workers: list[LocalWorker], url: str, host: str, started: float,
                     stop: asyncio.Event) -> None:
     """Print each service once it is healthy, progress while engines load, and the ready line once."""
-    progress = Progress(host)
+    progress = Progress(host, urlsplit(url).scheme)
     settled = 0
     while not stop.is_set():
         snapshots = _snapshots(agents, workers)
@@ -186,7 +208,7 @@ async def _gaps(url: str) -> list[dict[str, Any]] | None:
     token = os.environ.get("RMA_ADMIN_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=5) as client:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=5, verify=client_context()) as client:
             answer = await client.get("/api/admin/gaps")
             answer.raise_for_status()
     except httpx.HTTPError:

@@ -20,6 +20,7 @@ import httpx
 from fastapi import File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from rma.front import client_context
 from rma.services.apps.common import ApiError, Loaded, arguments, build_app, serve
 from rma.services.apps.peers import Peers, PeerUnavailable
 
@@ -338,7 +339,7 @@ def error_message(answer: httpx.Response) -> str:
 def create_app(threads: int, coordinator_urls: list[str]) -> Any:
     loaded = Loaded("pypdf and python-docx", load_parsers)
     app = build_app("document-processing", loaded, MAX_UPLOAD_BYTES + 2**16)
-    client = httpx.AsyncClient(timeout=httpx.Timeout(OCR_TIMEOUT_S, connect=5.0))
+    client = httpx.AsyncClient(timeout=httpx.Timeout(OCR_TIMEOUT_S, connect=5.0), verify=client_context())
     peers = Peers(coordinator_urls, client)
     # pypdf holds the GIL, so more parses at once would not be faster: the limit bounds memory.
     parsing = asyncio.Semaphore(threads)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
+from rma.front import client_context
 from rma.services.apps.advice_notes import MATTERS, OURS, SECTIONS, YOURS, Note, problems, split_notes
 from rma.services.apps.common import ApiError, Loaded, arguments, build_app, serve
 from rma.services.apps.peers import Peers, PeerUnavailable
@@ -138,7 +139,10 @@ def letter(client_name: str, sections: dict[str, list[str]]) -> str:
 
 
 def create_app(coordinator_urls: list[str]) -> Any:
-    loaded = Loaded("notes-coa", lambda: Drafter(Peers(coordinator_urls, httpx.AsyncClient(trust_env=False))))
+    def drafter() -> Drafter:
+        return Drafter(Peers(coordinator_urls, httpx.AsyncClient(trust_env=False, verify=client_context())))
+
+    loaded = Loaded("notes-coa", drafter)
     app = build_app("notes-coa", loaded, MAX_BODY_BYTES)
 
     @app.post("/convert")

@@ -1,0 +1,65 @@
+"""The front door's settings and Caddy config, without starting anything."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from rma.front import FrontSettings, caddy_config, client_context
+from rma.front.local_ca import make_local_ca
+from rma.front.settings import TlsCheck, first_certificate
+
+
+def test_the_front_door_runs_for_tls_or_any_address_but_loopback(tmp_path: Path) -> None:
+    ca = make_local_ca(tmp_path, ["localhost"])
+    plain, tls = FrontSettings(), FrontSettings(ca.cert, ca.key)
+    assert not plain.needed("127.0.0.1") and not plain.needed("localhost") and not plain.needed("::1")
+    assert plain.needed("0.0.0.0") and plain.needed("192.0.2.10") and plain.needed("::")
+    assert tls.needed("127.0.0.1") and tls.scheme() == "https" and plain.scheme() == "http"
+
+
+def test_settings_refuse_half_a_pair_a_missing_file_and_limits_that_disable_themselves(tmp_path: Path) -> None:
+    ca = make_local_ca(tmp_path, ["localhost"])
+    with pytest.raises(ValueError, match="both"):
+        FrontSettings(ca.cert, None)
+    with pytest.raises(ValueError, match="not found"):
+        FrontSettings(ca.cert, tmp_path / "absent.pem")
+    with pytest.raises(ValueError, match="timeouts"):
+        FrontSettings.from_env({"RMA_HEADER_TIMEOUT_S": "0"})
+    limits = FrontSettings.from_env({"RMA_TLS_CERT": str(ca.cert), "RMA_TLS_KEY": str(ca.key),
+                                     "RMA_IDLE_TIMEOUT_S": "5", "RMA_MAX_HEADER_KB": "16"})
+    assert (limits.tls, limits.idle_timeout_s, limits.max_header_bytes) == (True, 5.0, 16 * 1024)
+    assert FrontSettings.from_env({}, str(ca.cert), str(ca.key)).cert == ca.cert.resolve()
+
+
+def test_caddy_relays_everything_to_the_private_socket_with_the_limits_and_no_admin_api(tmp_path: Path) -> None:
+    ca = make_local_ca(tmp_path, ["localhost"])
+    config = caddy_config(FrontSettings(ca.cert, ca.key, header_timeout_s=3, idle_timeout_s=30,
+                                        max_header_bytes=8192), "::", 8443, tmp_path / "engine.sock", tmp_path)
+    server = config["apps"]["http"]["servers"]["front"]
+    assert config["admin"] == {"disabled": True}
+    assert server["listen"] == ["[::]:8443"]
+    assert (server["read_header_timeout"], server["idle_timeout"], server["max_header_bytes"]) == (
+        "3000ms", "30000ms", 8192)
+    relay = server["routes"][0]["handle"][0]
+    assert relay["upstreams"] == [{"dial": f"unix/{tmp_path / 'engine.sock'}"}]
+    assert server["protocols"] == ["h1", "h2"]
+    assert config["apps"]["tls"]["certificates"]["load_files"][0]["key"] == str(ca.key)
+    plain = caddy_config(FrontSettings(), "0.0.0.0", 80, tmp_path / "engine.sock", tmp_path)
+    assert "tls" not in plain["apps"] and "tls_connection_policies" not in plain["apps"]["http"]["servers"]["front"]
+
+
+def test_the_local_ca_keeps_its_key_private_and_clients_verify_against_it(tmp_path: Path) -> None:
+    ca = make_local_ca(tmp_path / "tls", ["localhost", "127.0.0.1"])
+    assert ca.key.stat().st_mode & 0o777 == 0o600 and ca.cert.stat().st_mode & 0o777 == 0o644
+    context = client_context({"RMA_CA_FILE": str(ca.ca_file)})
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert client_context({}) is True
+    with pytest.raises(ValueError, match="RMA_CA_FILE"):
+        client_context({"RMA_CA_FILE": str(tmp_path / "absent.pem")})
+    check = TlsCheck.of(ca.cert, {"RMA_CA_FILE": str(ca.ca_file)})
+    assert check.context.verify_mode == ssl.CERT_REQUIRED
+    assert check.certificate == ssl.PEM_cert_to_DER_cert(first_certificate(ca.cert.read_text()))
+    assert check.certificate != ssl.PEM_cert_to_DER_cert(ca.ca_file.read_text())  # the server's, not the CA's

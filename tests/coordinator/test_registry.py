@@ -240,3 +240,12 @@ def test_healing_is_bounded_when_nobody_can_take_the_orphans(tmp_path: Path) -> 
     assert registry.sweep() == ["s1"]
     assert time.perf_counter() - started < 1.0  # no CPU worker can run redis: cheap filter, no replans
     assert registry.pool().assigned("redis") == 0
+
+
+def test_the_routing_table_says_where_each_replica_is_checked_by_its_engine(tmp_path: Path) -> None:
+    """SeaweedFS in the minio slot refuses the unsigned /minio/health/live: routers check its /healthz."""
+    registry = make(tmp_path, Clock())
+    join(registry, "s1", "storage", ["seaweedfs", "redis-server"], has_storage=True, ram_mb=8000, disk_free_mb=50_000)
+    assert "minio" in serve_all(registry, "s1")
+    table = registry.routing_table()
+    assert [r["health_path"] for r in table["minio"]] == ["/healthz"]

@@ -92,3 +92,14 @@ def test_callable_source_rebuilds_at_once_when_its_version_changes() -> None:
     assert source.current().endpoints("ner-extraction") == ()  # same version, inside the TTL: the cached table
     state["version"] = 2
     assert source.current().endpoints("ner-extraction")
+
+
+def test_a_replica_is_checked_where_the_coordinator_says_its_engine_answers() -> None:
+    from rma.routing.router import probe_targets
+    from rma.routing.table import Table
+
+    table = Table(parse_table({"services": {
+        "minio": [{"worker_id": "s1", "url": "http://10.0.0.2:9000", "health_path": "/healthz"}],
+        "ner-extraction": [{"worker_id": "w1", "url": "http://10.0.0.1:8108", "health_path": "not-a-path"}],
+    }}))
+    assert dict(probe_targets(table)) == {"http://10.0.0.2:9000": "/healthz", "http://10.0.0.1:8108": "/health"}

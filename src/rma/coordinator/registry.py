@@ -345,6 +345,14 @@ class Registry:
         engine = engine_for(BY_NAME[service], view).engine
         return engine.name if engine is not None else None
 
+    def _health_path(self, service: str, worker_id: str) -> str:
+        """Where routers check this replica: its engine's own path (SeaweedFS in the minio slot), else the
+        catalogue's; the engine is looked up only for services that have such an engine."""
+        known = BY_NAME[service]
+        if all(engine.health is None for engine in known.engines):
+            return known.health.path
+        return known.health_of(self.engine_of(service, worker_id)).path
+
     def engines_serving(self, service: str) -> list[str]:
         """The engines the service's healthy replicas run (seaweedfs for minio, llama-cpp for llm-inference)."""
         found = {self.engine_of(service, w) for w in itertools.islice(self.serving_index[service], ENGINES_LOOKED_AT)}
@@ -367,6 +375,7 @@ class Registry:
                     continue
                 replicas.append({
                     "worker_id": worker_id, "host": record.host, "port": port,
+                    "health_path": self._health_path(service, worker_id),
                     "url": f"http://{bracket(record.host)}:{port}", "load": record.load,
                     "state": status.state if status is not None else "running",
                     "last_heartbeat": record.last_seen,

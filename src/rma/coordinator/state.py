@@ -27,10 +27,6 @@ CHECK_SPACING_S = 1.0  # a worker's checks start at most this often, however fas
 RETRY_FIRST_S = 2.0  # a port that failed is checked again after this long, then twice as long each time
 RETRY_MAX_S = 60.0
 CHECKED_PORTS = range(1024, 65536)  # never a privileged port
-# Engines whose own health check is not their service's catalogue one (SeaweedFS in the minio slot
-# refuses the unsigned /minio/health/live; its S3 gateway answers /healthz). This is the
-# catalogue's data, kept here until the catalogue says it per engine (Engine.health).
-ENGINE_HEALTH = {"seaweedfs": HealthCheck("http", "/healthz")}
 
 CheckFn = Callable[[str, int, HealthCheck], Awaitable[str | None]]
 
@@ -154,7 +150,7 @@ class PortChecks:
                 self.registry.refuse_port(record.worker_id, record.host, service, port, why)
             elif now >= failures.get((service, port), (0, -math.inf))[1]:
                 engine = self.registry.engine_of(service, record.worker_id)
-                due.append((service, port, ENGINE_HEALTH.get(engine or "", BY_NAME[service].health)))
+                due.append((service, port, BY_NAME[service].health_of(engine)))
         return due
 
     async def _check_all(self, worker_id: str, host: str, due: list[tuple[str, int, HealthCheck]]) -> None:

@@ -112,7 +112,7 @@ def probe_targets(table: Table, exposed: frozenset[str] | None = None) -> list[t
                 (exposed is not None and name not in exposed):
             continue
         for endpoint in endpoints:
-            targets[endpoint.url] = service.health.path
+            targets[endpoint.url] = endpoint.health_path or service.health.path
     return sorted(targets.items())
 
 

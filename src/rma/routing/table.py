@@ -32,6 +32,7 @@ class Endpoint:
     worker_id: str
     url: str  # http://host:port, the key the balancer keeps state under
     load: float = 0.0
+    health_path: str = ""  # the replica's engine's health check, where the coordinator says (else the catalogue's)
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,10 @@ def parse_table(payload: Any) -> dict[str, tuple[Endpoint, ...]]:
 
 
 def _endpoint(service: str, replica: dict[str, Any]) -> Endpoint:
-    load = replica.get("load")
+    load, health_path = replica.get("load"), replica.get("health_path")
     return Endpoint(service, str(replica.get("worker_id", "")), str(replica["url"]).rstrip("/"),
-                    float(load) if isinstance(load, int | float) else 0.0)
+                    float(load) if isinstance(load, int | float) else 0.0,
+                    health_path if isinstance(health_path, str) and health_path.startswith("/") else "")
 
 
 def parse_reasons(payload: Any) -> dict[str, str]:

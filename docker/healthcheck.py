@@ -1,6 +1,7 @@
 """The images' HEALTHCHECK, stdlib only.
 
-coordinator: its /health answers 200.
+coordinator: its /health answers 200 (over TLS when it serves RMA_TLS_CERT: the chain checked against
+RMA_CA_FILE or the system's CAs, the name not, since loopback is not the certificate's name).
 worker: it has joined the pool since this container started: registering (re)writes
 DATA_DIR/worker.json with the coordinator's token, so a file left on the volume by an earlier
 run does not count. A worker keeps its services while the coordinator is away, so that alone
@@ -9,6 +10,7 @@ does not make it unhealthy.
 
 import json
 import os
+import ssl
 import sys
 import urllib.request
 from pathlib import Path
@@ -18,8 +20,13 @@ def coordinator() -> bool:
     host = os.environ.get("COORDINATOR_HOST", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     host = f"[{host}]" if ":" in host else host
-    url = f"http://{host}:{os.environ.get('COORDINATOR_PORT', '8080')}/health"
-    with urllib.request.urlopen(url, timeout=4) as answer:
+    tls = bool(os.environ.get("RMA_TLS_CERT"))
+    url = f"{'https' if tls else 'http'}://{host}:{os.environ.get('COORDINATOR_PORT', '8080')}/health"
+    context = None
+    if tls:
+        context = ssl.create_default_context(cafile=os.environ.get("RMA_CA_FILE") or None)
+        context.check_hostname = False
+    with urllib.request.urlopen(url, timeout=4, context=context) as answer:
         return bool(answer.status == 200)
 
 

@@ -6,7 +6,8 @@ connections that are slow to send a head or idle too long, and relays each reque
 engine on a unix socket in a private folder (0700), so the only way to the engine is the front
 door. It sets X-Forwarded-For/-Proto/-Host from the connection, ignoring what the client sent;
 what the client sent as X-Forwarded-For travels as X-Rma-Relayed, so the engine can still tell
-a relayed request (see rma.routing.server).
+a relayed request (see rma.routing.server). An answer the engine marks X-Rma-Close-Client closes
+the client's connection after it: Connection is hop-by-hop and would stop at Caddy.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rma.front.settings import FrontSettings
 
 log = logging.getLogger("rma.front")
 RELAYED_HEADER = "X-Rma-Relayed"
+CLOSE_CLIENT_HEADER = "X-Rma-Close-Client"  # the engine's answer ends the client's connection (see caddy_config)
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 CERT_TAG = "rma"
@@ -64,7 +66,13 @@ def caddy_config(settings: FrontSettings, host: str, port: int, upstream: Path, 
         "upstreams": [{"dial": f"unix/{upstream}"}],
         "flush_interval": -1,  # streamed answers (chat tokens, watch lines) go out as they come
         "transport": {"protocol": "http", "compression": False},
-        "headers": {"request": {"set": {RELAYED_HEADER: ["{http.request.header.X-Forwarded-For}"]}}},
+        "headers": {
+            "request": {"set": {RELAYED_HEADER: ["{http.request.header.X-Forwarded-For}"]}},
+            # The engine closes its side without reading a body it refused (404, 401, 413...): Caddy then
+            # closes the client's connection after the answer, never parsing the rest of that body as requests.
+            "response": {"require": {"headers": {CLOSE_CLIENT_HEADER: ["1"]}},
+                         "set": {"Connection": ["close"]}, "delete": [CLOSE_CLIENT_HEADER]},
+        },
     }
     server: dict[str, Any] = {
         "listen": [_listen(host, port)],
@@ -72,6 +80,13 @@ def caddy_config(settings: FrontSettings, host: str, port: int, upstream: Path, 
         "idle_timeout": _duration(settings.idle_timeout_s),
         "max_header_bytes": settings.max_header_bytes,
         "routes": [{"handle": [relay]}],
+        # Caddy's own answers (the engine unreachable, or gone mid-request: 502) are JSON, as the engine's are,
+        # and close the client's connection: a request body may be left half-read on it.
+        "errors": {"routes": [{"handle": [{
+            "handler": "static_response", "status_code": "{http.error.status_code}",
+            "headers": {"Content-Type": ["application/json"], "Connection": ["close"]},
+            "body": '{"error": "front door: {http.error.status_text}"}',
+        }]}]},
         "automatic_https": {"disable": True},
     }
     apps: dict[str, Any] = {"http": {"servers": {"front": server}}}

@@ -24,18 +24,21 @@ import httptools
 from starlette.types import ASGIApp, Message
 
 from rma.front import FrontDoor, FrontSettings
-from rma.front.caddy import RELAYED_HEADER
+from rma.front.caddy import CLOSE_CLIENT_HEADER, RELAYED_HEADER
 
 log = logging.getLogger("rma.routing")
 
 # Takes a parsed request and returns True when it forwards it itself, else the ASGI app runs it.
 FastForward = Callable[["Request"], bool]
 BODY_HIGH = 256 << 10  # stop reading a client once this much of its body waits for the app
+LINGER_BYTES = 4 << 20  # a refused body is read and dropped up to this much after the answer ...
+LINGER_S = 2.0  # ... for at most this long, then the connection closes
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 NO_BODY = frozenset({204, 304})
 SERVER_ERROR = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 RELAYED = RELAYED_HEADER.lower().encode()
+CLOSE_CLIENT_LINE = b"%s: 1\r\n" % CLOSE_CLIENT_HEADER.lower().encode()
 FRONT_HEADERS = frozenset({b"x-forwarded-host", b"via"})  # the rest of what Caddy adds to a relayed request
 
 
@@ -197,6 +200,10 @@ class Request:
             self.keep_alive = False
         elif not self.keep_alive:
             lines.append(b"connection: close\r\n")
+        if self.conn.behind_front and (closing or self is self.conn.parsing):
+            # A body left unread ends the connection here; the front door must end the client's too, or
+            # it would read the rest of that body as requests (Connection is hop-by-hop: it stops at Caddy).
+            lines.append(CLOSE_CLIENT_LINE)
         lines.append(b"\r\n")
         return b"".join(lines)
 
@@ -222,6 +229,7 @@ class HttpProtocol(asyncio.Protocol):
         self.parsing: Request | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.lingering = 0  # after an answer to a request whose body was left unread: bytes still to discard
 
     # transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -231,10 +239,20 @@ class HttpProtocol(asyncio.Protocol):
         self.server = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.lingering -= min(len(data), self.lingering)
+            if not self.lingering:
+                self._abort()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse()
+            # No protocol switch here (h2c, websocket): the request is answered in HTTP/1.1 as if no Upgrade
+            # were asked for, and the connection ends with that answer (the parser stops at an upgrade).
+            if self.queue:
+                self.queue[-1].keep_alive = False
+            else:
+                self._refuse()
         except httptools.HttpParserError:
             self._refuse()
 
@@ -354,6 +372,22 @@ class HttpProtocol(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
+        """End the connection; with a request body still arriving, a lingering close: the answer is sent and
+        our side shut, and what the client still sends is read and dropped for a while (up to LINGER_BYTES,
+        LINGER_S), so that its unread bytes do not reset the connection before it read the answer."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.parsing is None or self.lost or not transport.can_write_eof():
+            transport.close()
+            return
+        self.parsing = None
+        self.lingering = LINGER_BYTES
+        self.resume()
+        transport.write_eof()
+        self.loop.call_later(LINGER_S, self._abort)
+
+    def _abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 

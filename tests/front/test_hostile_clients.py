@@ -1,0 +1,491 @@
+"""Hostile clients against every public listener, over TLS through the front door, on raw sockets.
+
+Each attack gets a concrete answer (a status, a close, a bound on memory), and the listener must still
+answer /health over TLS afterwards. One pool serves the whole file: it takes seconds to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import resource
+import select
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from front.tls_pool import SERVICE, TlsPool, start_tls_pool
+from procs import RmaProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+LISTENERS = ("coordinator", "edge", "load_balancer")
+BODY_CAP = 64 << 10  # RMA_MAX_BODY_MB below: the edge's (and the coordinator's /service) body cap
+HEADER_TIMEOUT_S = IDLE_TIMEOUT_S = 2.0  # what start_tls_pool gives the front door
+MARGIN_S = 4.0
+RSS_GROWTH_LIMIT = 20 << 20
+WAIT_S = 10.0  # a socket operation that takes longer than this is a failure
+KIB64 = b"a" * (64 << 10)
+SMUGGLED = f"/service/{SERVICE}/status/418".encode()  # never asked for in the open: its answer means a desync
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[bytes, bytes]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parse_answers(data: bytes, eof: bool, heads: int = 0) -> list[Answer]:
+    """The complete HTTP/1.1 answers at the start of `data`; the first `heads` answer HEAD requests (no body).
+
+    An answer without Content-Length runs to the close, so it counts only at `eof`; no other answer may hide in it.
+    """
+    found: list[Answer] = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            assert not eof, f"the connection closed inside an answer's head: {data[:300]!r}"
+            break
+        status_line, *lines = head.split(b"\r\n")
+        assert re.match(rb"HTTP/1\.1 \d{3} ", status_line), f"not an HTTP/1.1 answer: {data[:300]!r}"
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines)}
+        if len(found) < heads:
+            body = b""
+        elif b"content-length" in headers:
+            size = int(headers[b"content-length"])
+            if len(rest) < size:
+                assert not eof, f"the connection closed inside an answer's body: {data[:300]!r}"
+                break
+            body, rest = rest[:size], rest[size:]
+        elif eof:
+            assert b"HTTP/1.1 " not in rest, f"an answer inside a close-delimited body: {rest[:300]!r}"
+            body, rest = rest, b""
+        else:
+            break
+        found.append(Answer(int(status_line.split()[1]), headers, body))
+        data = rest
+    return found
+
+
+class Wire:
+    """One TLS connection whose every byte the test writes and reads itself."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self.data = b""  # all the server sent so far
+        self.eof = False
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def _recv(self, timeout: float | None) -> bool:
+        """Read what is there (waiting up to `timeout`; None: not at all); False when nothing came."""
+        self.sock.settimeout(timeout if timeout is not None else 0)
+        try:
+            got = self.sock.recv(1 << 16)
+        except (ssl.SSLWantReadError, BlockingIOError, TimeoutError):
+            return False
+        except ConnectionResetError:
+            got = b""
+        finally:
+            self.sock.settimeout(WAIT_S)
+        self.data += got
+        self.eof = self.eof or not got
+        return True
+
+    def send(self, parts: Iterable[bytes], until_answered: bool = False) -> int:
+        """Send `parts` in turn, to the end or until the server closes (or, `until_answered`, sends anything);
+        returns the bytes sent."""
+        sent = 0
+        for part in parts:
+            if until_answered and self._recv(None):
+                break
+            try:
+                self.sock.sendall(part)
+            except OSError:  # the server closed while we were still sending
+                break
+            sent += len(part)
+        return sent
+
+    def answers(self, count: int, heads: int = 0) -> list[Answer]:
+        """Wait for the first `count` answers, the connection left open."""
+        deadline = time.monotonic() + WAIT_S
+        while len(found := parse_answers(self.data, self.eof, heads)) < count:
+            assert not self.eof, f"closed after {len(found)} answers of {count}: {self.data[:300]!r}"
+            assert self._recv(max(0.0, deadline - time.monotonic())), f"no answer {len(found) + 1} in {WAIT_S:g} s"
+        return found[:count]
+
+    def until_closed(self, timeout: float = WAIT_S) -> float:
+        """Read until the server closes the connection; the seconds that took (AssertionError past `timeout`)."""
+        start = time.monotonic()
+        while not self.eof:
+            left = timeout - (time.monotonic() - start)
+            assert left > 0 and self._recv(left), f"the server kept the connection open for {timeout:g} s"
+        return time.monotonic() - start
+
+    def all_answers(self, heads: int = 0) -> list[Answer]:
+        """Every answer, once the server has closed the connection."""
+        self.until_closed()
+        return parse_answers(self.data, True, heads)
+
+
+@dataclass
+class Listener:
+    name: str
+    url: str
+    pool: TlsPool
+
+    @property
+    def proc(self) -> RmaProcess:
+        return self.pool.listeners[self.name]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("https://").rsplit(":", 1)
+        return host, int(port)
+
+    def context(self, *alpn: str) -> ssl.SSLContext:
+        context = self.pool.context()
+        if alpn:
+            context.set_alpn_protocols(list(alpn))
+        return context
+
+    def connect(self, *alpn: str) -> Wire:
+        host, port = self.address
+        raw = socket.create_connection((host, port), timeout=WAIT_S)
+        return Wire(self.context(*alpn).wrap_socket(raw, server_hostname=host))
+
+    def exchange(self, *requests: bytes, heads: int = 0) -> list[Answer]:
+        """`requests` sent at once on a new connection; every answer, once the server closes it."""
+        with self.connect() as wire:
+            wire.send(requests)
+            return wire.all_answers(heads)
+
+    def rss(self) -> int:
+        """Resident memory of the listener: the rma process and its Caddy."""
+        engine = psutil.Process(self.proc.pid)
+        return sum(p.memory_info().rss for p in (engine, *engine.children(recursive=True)))
+
+    def serving(self) -> bool:
+        assert self.proc.proc is not None
+        if self.proc.proc.poll() is not None:
+            return False
+        answer = httpx.get(f"{self.url}/health", verify=self.context(), timeout=WAIT_S, trust_env=False)
+        return answer.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsPool]:
+    """One TLS pool for the file, the edge's body cap at 64 KiB; every process is stopped at the end."""
+    started: list[RmaProcess] = []
+    try:
+        yield start_tls_pool(started, tmp_path_factory.mktemp("hostile"),
+                             {"RMA_MAX_BODY_MB": str(BODY_CAP / (1 << 20))})
+    finally:
+        for proc in reversed(started):
+            proc.stop(timeout=5)
+
+
+@pytest.fixture(params=LISTENERS)
+def listener(request: pytest.FixtureRequest, pool: TlsPool) -> Iterator[Listener]:
+    """Each public listener in turn; after the attack it must still be up and answer /health over TLS."""
+    target = Listener(request.param, pool.urls()[request.param], pool)
+    yield target
+    assert target.serving(), f"{target.name} stopped serving after the attack:\n{target.proc.log()[-3000:]}"
+
+
+def get(path: bytes, *headers: bytes) -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (path, b"".join(h + b"\r\n" for h in headers))
+
+
+def smuggling_blocks(count: int, size: int = 16 << 10) -> Iterator[bytes]:
+    """`count` blocks of `size` bytes, each a whole request for SMUGGLED: a body made of requests. At 16 KiB a block
+    is one TLS record, so a parser that loses its place in the body resumes on a request's first byte."""
+    for _ in range(count):
+        head = get(SMUGGLED)[:-2]
+        yield head + b"X-Pad: " + b"p" * (size - len(head) - 11) + b"\r\n\r\n"
+
+
+# Oversized heads: Go's parser counts the request line and the headers together against max_header_bytes (64 KiB).
+
+def test_an_oversized_request_line_is_refused_with_431_and_closed(listener: Listener) -> None:
+    with listener.connect() as wire:
+        wire.send([b"GET /", *itertools.repeat(KIB64, 16), b" HTTP/1.1\r\nHost: x\r\n\r\n"], until_answered=True)
+        assert [a.status for a in wire.all_answers()] == [431]
+
+
+@pytest.mark.parametrize("megabytes", [4, pytest.param(300, marks=pytest.mark.slow)])
+def test_an_oversized_header_is_refused_with_431_and_memory_stays_bounded(listener: Listener, megabytes: int) -> None:
+    """One header of `megabytes`, streamed in 64 KiB pieces until the server answers: it reads no more than its cap."""
+    before = listener.rss()
+    with listener.connect() as wire:
+        sent = wire.send([b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ", *itertools.repeat(KIB64, megabytes * 16),
+                          b"\r\n\r\n"], until_answered=True)
+        assert [a.status for a in wire.all_answers()] == [431]
+    assert sent < min(megabytes, 32) << 20  # answered long before the end
+    assert listener.rss() - before < RSS_GROWTH_LIMIT
+
+
+def test_twenty_thousand_headers_are_refused_with_431(listener: Listener) -> None:
+    lines = (b"X-H%d: v\r\n" % i for i in range(20_000))
+    blocks = (b"".join(itertools.islice(lines, 1000)) for _ in range(20))
+    with listener.connect() as wire:
+        wire.send([b"GET /health HTTP/1.1\r\nHost: x\r\n", *blocks, b"\r\n"], until_answered=True)
+        assert [a.status for a in wire.all_answers()] == [431]
+
+
+# Slow and idle clients.
+
+@pytest.mark.slow
+def test_a_pipelining_flood_that_reads_no_answer_stays_bounded_and_others_are_served(listener: Listener) -> None:
+    """20,000 pipelined requests on one connection whose answers are never read: back-pressure, not buffering."""
+    before = listener.rss()
+    with listener.connect() as wire:
+        flood = memoryview(get(b"/health") * 20_000)
+        wire.sock.setblocking(False)
+        sent, deadline = 0, time.monotonic() + WAIT_S
+        while sent < len(flood) and time.monotonic() < deadline:
+            try:
+                sent += wire.sock.send(flood[sent:sent + (16 << 10)])
+            except (ssl.SSLWantWriteError, BlockingIOError):
+                select.select([], [wire.sock], [], 0.1)
+        assert listener.serving()
+        time.sleep(0.5)
+        during = listener.rss()
+    assert listener.serving()
+    assert during - before < RSS_GROWTH_LIMIT and listener.rss() - before < RSS_GROWTH_LIMIT
+
+
+async def _half_sent(listener: Listener, count: int) -> tuple[list[tuple[float, bytes]], list[tuple[int, int]]]:
+    """`count` TLS connections that each send half a request line, then nothing; meanwhile a new client asks for
+    /health every 0.2 s. Returns (seconds from the half line to the server's close, what the server sent) per
+    connection, and (half-sent connections open at the time, status) per new client."""
+    loop = asyncio.get_running_loop()
+    host, port = listener.address
+    context = listener.context()
+    handshakes = asyncio.Semaphore(100)
+    hanging = 0
+
+    async def hang() -> tuple[float, bytes]:
+        nonlocal hanging
+        async with handshakes:
+            reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+        writer.write(b"GET /hea")
+        sent_at, hanging = loop.time(), hanging + 1
+        try:
+            got = await asyncio.wait_for(reader.read(), HEADER_TIMEOUT_S + 3 * MARGIN_S)
+        except ConnectionResetError:
+            got = b""
+        finally:
+            hanging -= 1
+        writer.close()
+        return loop.time() - sent_at, got
+
+    async def health() -> int:
+        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+        writer.write(get(b"/health", b"Connection: close"))
+        (answer,) = parse_answers(await asyncio.wait_for(reader.read(), WAIT_S), True)
+        writer.close()
+        return answer.status
+
+    hung = asyncio.gather(*(hang() for _ in range(count)))
+    served = []
+    while not hung.done():
+        open_now = hanging
+        served.append((open_now, await health()))
+        await asyncio.sleep(0.2)
+    return await hung, served
+
+
+@pytest.mark.slow
+def test_two_thousand_half_sent_requests_are_closed_by_the_header_timeout_while_new_clients_are_served(
+        listener: Listener) -> None:
+    count = 2000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 500:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        hung, served = asyncio.run(_half_sent(listener, count))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert {status for _, status in served} == {200}, served
+    # Go's deadline runs from the handshake, so how many hang at once depends on the handshake rate of the machine.
+    assert max(open_now for open_now, _ in served) >= 100, served
+    assert max(seconds for seconds, _ in hung) < HEADER_TIMEOUT_S + MARGIN_S
+    # Go answers a request line cut short by the deadline with 400 before it closes.
+    assert {got.split(b"\r\n", 1)[0] for _, got in hung} == {b"HTTP/1.1 400 Bad Request"}
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(listener: Listener) -> None:
+    with listener.connect() as wire:
+        wire.send([get(b"/health")])
+        assert [a.status for a in wire.answers(1)] == [200]
+        idle = wire.until_closed(IDLE_TIMEOUT_S + MARGIN_S)
+    assert idle > IDLE_TIMEOUT_S / 2, f"closed after {idle:.2f} s: not the idle timeout"
+
+
+# Request smuggling shapes: Go's strict parser refuses the ambiguous ones; what it accepts it re-frames itself
+# before the engine sees it, so the answers below are one per request as the front door framed them.
+
+@pytest.mark.parametrize("request_bytes", [
+    pytest.param(b"POST /service/x/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+                 id="differing-content-lengths"),
+    pytest.param(b"POST /service/x/upload HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nabcde", id="signed-length"),
+    pytest.param(b"GET /health HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n", id="bare-cr"),
+    pytest.param(b"GET /health HTTP/1.1\r\n Host: x\r\n\r\n", id="space-before-the-first-header"),
+    pytest.param(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nabcde", id="space-before-colon"),
+])
+def test_ambiguous_framing_is_refused_with_400_and_what_follows_never_runs(listener: Listener,
+                                                                            request_bytes: bytes) -> None:
+    assert [a.status for a in listener.exchange(request_bytes, get(SMUGGLED))] == [400]
+
+
+def test_content_length_with_chunked_is_framed_by_the_chunks_alone(listener: Listener) -> None:
+    """Go lets Transfer-Encoding override Content-Length (RFC 9112 §6.3) rather than refuse with 400: the replica sees
+    one request, chunked, without the length, and the bytes after the last chunk as the next request."""
+    echo = f"/service/{SERVICE}/echo".encode()
+    after = get(echo + b"?after", b"Connection: close")
+    request = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+               % (echo, 5 + len(after) // 2))  # as a length, it would end inside the next request
+    first, second = listener.exchange(request + after)
+    seen = first.json()
+    assert (first.status, seen["method"], seen["body"]) == (200, "POST", "")
+    assert ["transfer-encoding", "chunked"] in seen["headers"]
+    assert not any(name == "content-length" for name, _ in seen["headers"])
+    assert (second.status, second.json()["method"], second.json()["query"]) == (200, "GET", "after")
+
+
+def test_an_obs_fold_is_joined_into_its_header(listener: Listener) -> None:
+    """Go replaces an obs-fold with a space (RFC 9112 §5.2 allows it instead of 400): one header reaches the replica."""
+    request = get(f"/service/{SERVICE}/echo".encode(), b"X-A: 1", b"  folded", b"Connection: close")
+    (answer,) = listener.exchange(request)
+    assert answer.status == 200
+    assert [value for name, value in answer.json()["headers"] if name == "x-a"] == ["1 folded"]
+    assert not any(name.startswith((" ", "folded")) for name, _ in answer.json()["headers"])
+
+
+def test_bare_lf_line_endings_are_read_as_lines(listener: Listener) -> None:
+    """RFC 9112 §2.2 lets a recipient take a lone LF as a line end; Go does, and nothing else changes."""
+    (answer,) = listener.exchange(b"GET /service/%s/echo HTTP/1.1\nHost: x\nX-A: b\nConnection: close\n\n"
+                                  % SERVICE.encode())
+    assert answer.status == 200 and ["x-a", "b"] in answer.json()["headers"]
+
+
+def test_a_bad_chunk_size_ends_the_request_and_what_follows_never_runs(listener: Listener) -> None:
+    """Caddy finds the bad chunk while relaying the body, so it answers 502 (not 400), and closes."""
+    request = b"POST /service/%s/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    answers = listener.exchange(request % SERVICE.encode(), get(SMUGGLED))
+    assert [a.status for a in answers] == [502]
+
+
+# Bodies the engine refuses without reading them.
+
+def refused_upload(listener: Listener, head: bytes, body: list[bytes]) -> list[list[Answer]]:
+    """Three times: `head` and 96 KiB of `body`, a pause in which the engine refuses it, the rest of `body`; the
+    answers each time, once the server closed the connection. The desync this looks for is a race: three tries."""
+    tries = []
+    for _ in range(3):
+        parts = iter(body)
+        with listener.connect() as wire:
+            wire.send([head, *itertools.islice(parts, 6)])
+            time.sleep(0.2)
+            wire.send(parts)
+            tries.append(wire.all_answers())
+    return tries
+
+
+@pytest.mark.parametrize("listener", ["coordinator", "edge"], indirect=True)
+def test_a_chunked_body_past_the_cap_is_refused_with_413_and_the_connection_is_not_reused(listener: Listener) -> None:
+    """A 1 MiB chunked upload whose chunks are requests, then one more request: one 413, then the close."""
+    head = b"POST /service/%s/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" % SERVICE.encode()
+    chunks = [b"%x\r\n%s\r\n" % (len(block), block) for block in smuggling_blocks(64)]
+    tries = refused_upload(listener, head, [*chunks, b"0\r\n\r\n", get(SMUGGLED)])
+    assert [[a.status for a in answers] for answers in tries] == [[413]] * 3
+    assert tries[0][0].json() == {"error": f"request body larger than {BODY_CAP} bytes"}
+
+
+@pytest.mark.parametrize("listener, status", [("coordinator", 413), ("edge", 404), ("load_balancer", 404)],
+                         indirect=["listener"])
+def test_an_unread_body_never_runs_as_requests(listener: Listener, status: int) -> None:
+    """A 1 MiB body, declared by its length, made of requests, to a path answered without reading it (the coordinator
+    refuses any body past 64 KiB first): one answer, then the close."""
+    head = b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (1 << 20)
+    tries = refused_upload(listener, head, list(smuggling_blocks(64)))
+    assert [[a.status for a in answers] for answers in tries] == [[status]] * 3
+
+
+# Protocol switches and HEAD.
+
+def test_an_h2c_upgrade_over_tls_gets_a_plain_http11_answer(listener: Listener) -> None:
+    """RFC 9113 §3.1: h2c is not for TLS; a server ignores the Upgrade and answers in HTTP/1.1."""
+    with listener.connect() as wire:
+        wire.send([get(b"/health", b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c",
+                       b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA")])
+        (answer,) = wire.answers(1)
+    assert answer.status == 200 and answer.json()["status"] == "healthy"
+
+
+DATA, HEADERS, SETTINGS = 0x0, 0x1, 0x4  # HTTP/2 frame types, and flags (RFC 9113 §6)
+END_STREAM, END_HEADERS = 0x1, 0x4
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def _read_exactly(sock: ssl.SSLSocket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        got = sock.recv(size - len(data))
+        assert got, "the server closed the HTTP/2 connection"
+        data += got
+    return data
+
+
+def test_http2_by_alpn_answers_a_request(listener: Listener) -> None:
+    """The client preface, SETTINGS and one HEADERS frame by hand (no h2 package): SETTINGS, then :status 200."""
+    host = listener.address[0].encode()
+    # HPACK (RFC 7541 appendix A): :method GET and :scheme https are static entries 2 and 7; :path and :authority
+    # literals with the names of entries 4 and 1. The answer's :status 200 is static entry 8: the byte 0x88.
+    block = b"\x82\x87" + bytes([0x04, len(b"/health")]) + b"/health" + bytes([0x01, len(host)]) + host
+    with listener.connect("h2") as wire:
+        assert wire.sock.selected_alpn_protocol() == "h2"
+        wire.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(SETTINGS, 0, 0)
+                          + _frame(HEADERS, END_STREAM | END_HEADERS, 1, block))
+        frames: list[tuple[int, int, int, bytes]] = []  # (type, stream, flags, payload)
+        while not frames or not (frames[-1][:2] == (DATA, 1) and frames[-1][2] & END_STREAM):
+            head = _read_exactly(wire.sock, 9)
+            frames.append((head[3], int.from_bytes(head[5:9], "big"), head[4],
+                           _read_exactly(wire.sock, int.from_bytes(head[:3], "big"))))
+            assert len(frames) < 20, frames
+    assert frames[0][:3] == (SETTINGS, 0, 0)  # the server's own SETTINGS (not an ACK) comes first
+    (reply,) = [payload for kind, stream, _, payload in frames if (kind, stream) == (HEADERS, 1)]
+    assert reply[0] == 0x88
+    body = b"".join(payload for kind, stream, _, payload in frames if (kind, stream) == (DATA, 1))
+    assert json.loads(body)["status"] == "healthy"
+
+
+def test_head_through_a_router_gets_one_answer_without_a_body(listener: Listener) -> None:
+    """HEAD of the replica's 1 KiB /kb, then GET of it on the same connection: no body bytes between the two."""
+    kb = f"/service/{SERVICE}/kb".encode()
+    head = b"HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n" % kb
+    first, second = listener.exchange(head, get(kb, b"Connection: close"), heads=1)
+    assert (first.status, first.headers[b"content-length"], first.body) == (200, b"1024", b"")
+    assert (second.status, second.body) == (200, b"x" * 1024)

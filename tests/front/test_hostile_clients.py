@@ -333,6 +333,70 @@ def test_two_thousand_half_sent_requests_are_closed_by_the_header_timeout_while_
     assert {got.split(b"\r\n", 1)[0] for _, got in hung} == {b"HTTP/1.1 400 Bad Request"}
 
 
+SLOW_HANDSHAKES = 15_000  # this machine allows 20,000 open files a process, Caddy's own included
+
+
+async def _slow_handshakes(listener: Listener, count: int) -> tuple[list[float], list[int]]:
+    """`count` connections that never finish a TLS handshake (a byte of a ClientHello a second), opened at once;
+    how long each stayed open, and the status of each new client served meanwhile."""
+    loop = asyncio.get_running_loop()
+    host, port = listener.address
+    context = listener.context()
+    opening = asyncio.Semaphore(500)
+
+    async def crawl() -> float:
+        async with opening:
+            reader, writer = await asyncio.open_connection(host, port)
+        started = loop.time()
+        try:
+            for byte in b"\x16\x03\x01\x02\x00" * 4:
+                writer.write(bytes([byte]))
+                if await _closed_within(reader, 1.0):
+                    break
+        except ConnectionError:
+            pass
+        writer.close()
+        return loop.time() - started
+
+    async def health() -> int:
+        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+        writer.write(get(b"/health", b"Connection: close"))
+        (answer,) = parse_answers(await asyncio.wait_for(reader.read(), WAIT_S), True)
+        writer.close()
+        return answer.status
+
+    crawling = asyncio.gather(*(crawl() for _ in range(count)))
+    served = []
+    while not crawling.done():
+        served.append(await health())
+        await asyncio.sleep(0.2)
+    return await crawling, served
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), seconds) == b""
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("listener", ["edge"], indirect=True)
+def test_fifteen_thousand_slow_handshakes_from_one_client_leave_new_clients_served(listener: Listener) -> None:
+    """The slow-loris that once left the coordinator and the edge answering 0 of ~90 new clients: every slow
+    connection is closed at the header timeout (which covers the handshake), and new clients are served."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        count = min(SLOW_HANDSHAKES, hard - 1000)
+        lasted, served = asyncio.run(_slow_handshakes(listener, count))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert served and set(served) == {200}, served
+    assert max(lasted) < HEADER_TIMEOUT_S + 2 * MARGIN_S, sorted(lasted)[-5:]
+    assert listener.serving()
+
+
 def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(listener: Listener) -> None:
     with listener.connect() as wire:
         wire.send([get(b"/health")])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -16,8 +17,14 @@ SERVICE_STATES = ("starting", "healthy", "running", "unhealthy", "crashed", "fai
 
 
 def _http_url(value: str) -> str:
-    if not re.match(r"^https?://[^\s/?#]+(?::\d+)?(/[^\s]*)?$", value):
+    """An http(s) URL whose host a router can use: the whole value (no trailing newline), and brackets that
+    pair up (urlsplit refuses `http://[x`, which would otherwise fail later, where the host is read)."""
+    if not re.fullmatch(r"https?://[^\s/?#]+(?::\d+)?(/[^\s]*)?", value):
         raise ValueError("must be an http:// or https:// URL")
+    try:
+        urlsplit(value).hostname  # noqa: B018 - parsed for its ValueError
+    except ValueError as error:
+        raise ValueError(f"must be an http:// or https:// URL ({error})") from None
     return value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rma.coordinator.answers import Answers
 from rma.coordinator.history import History, WorkerFigures
 from rma.coordinator.metrics import Metrics
+from rma.coordinator.openapi import install as install_openapi
 from rma.coordinator.registry import Registry
 from rma.coordinator.routes import router, worker_routes
 from rma.coordinator.state import CoordinatorSettings, CoordinatorState
@@ -158,9 +160,12 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     api = FastAPI(title="RMA pool coordinator", exception_handlers=handlers)
     api.state.coordinator = state
     api.include_router(router)
+    install_openapi(api, settings.max_body_bytes)  # the whole contract, not FastAPI's routes alone
     # The coordinator's own `/service/{name}/{path}`: the routing engine over the registry itself, guarded as
     # the edge proxy is (a second public way to the services).
-    gateway = gateway or GatewaySettings.from_env(os.environ)
+    if gateway is None:  # `rma coordinator --api-keys` (or RMA_API_KEYS) guards /service, as on the edge
+        from_env = GatewaySettings.from_env(os.environ)
+        gateway = dataclasses.replace(from_env, api_keys=settings.api_keys or from_env.api_keys)
     services, guarded = coordinator_service(registry.routing_table, gateway, reasons=lambda: _gap_reasons(registry),
                                             version=lambda: registry.generation)
     app = Starlette(

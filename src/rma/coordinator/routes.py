@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -297,10 +298,26 @@ async def watch(request: Request) -> StreamingResponse:
     return StreamingResponse(lines, media_type="application/x-ndjson")
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def worker_routes(state: CoordinatorState) -> list[Route]:
-    return [
-        Route("/api/worker/register", register, methods=["POST"]),
-        Route("/api/worker/heartbeat", Heartbeat(state), methods=["POST"]),
-        Route("/api/worker/unregister/{worker_id}", unregister, methods=["DELETE"]),
-        Route("/api/worker/watch/{worker_id}", watch, methods=["GET"]),
-    ]
+    """The worker protocol, kept off FastAPI (the hot path); each path answers any other method 405."""
+    routes = []
+    for path, endpoint, method in (
+        ("/api/worker/register", register, "POST"),
+        ("/api/worker/heartbeat", Heartbeat(state), "POST"),
+        ("/api/worker/unregister/{worker_id}", unregister, "DELETE"),
+        ("/api/worker/watch/{worker_id}", watch, "GET"),
+    ):
+        others = [m for m in HTTP_METHODS if m not in (method, "HEAD" if method == "GET" else method)]
+        routes += [Route(path, endpoint, methods=[method]),
+                   Route(path, _wrong_method(method), methods=others, include_in_schema=False)]
+    return routes
+
+
+def _wrong_method(allowed: str) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """Without it, the catch-all mount behind these routes would answer another method 404."""
+    async def refuse(request: Request) -> JSONResponse:
+        return JSONResponse({"error": f"{request.url.path} takes {allowed} only"}, 405, headers={"allow": allowed})
+    return refuse

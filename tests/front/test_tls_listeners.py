@@ -8,10 +8,12 @@ import ssl
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from front.tls_pool import SERVICE, TlsPool, start_tls_pool
-from procs import RmaProcess
+from procs import RmaProcess, free_port, wait_until
+from rma.front.local_ca import make_local_ca
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,8 +55,6 @@ def test_a_client_without_the_ca_is_refused_and_plain_http_gets_no_service(pool:
 
 def test_the_engine_behind_the_front_door_listens_on_no_port_of_its_own(pool: TlsPool) -> None:
     """Only Caddy listens on the network; the engine's socket is in a folder only its user may enter."""
-    import psutil
-
     for name, proc in pool.listeners.items():
         engine = psutil.Process(proc.pid)
         inet = [c for c in engine.net_connections("inet") if c.status == psutil.CONN_LISTEN]
@@ -77,11 +77,6 @@ def test_loopback_is_still_the_clients_address_behind_the_front_door(pool: TlsPo
 
 def start_tls_coordinator(processes: list[RmaProcess], tmp_path: Path, name: str) -> tuple[RmaProcess, int]:
     """A coordinator behind the front door; returns it and its Caddy's pid."""
-    import psutil
-
-    from procs import free_port, wait_until
-    from rma.front.local_ca import make_local_ca
-
     ca = make_local_ca(tmp_path / "tls", ["127.0.0.1"])
     port = free_port()
     proc = RmaProcess(["coordinator", "--port", str(port), "--data-dir", str(tmp_path / name)],
@@ -98,10 +93,6 @@ def start_tls_coordinator(processes: list[RmaProcess], tmp_path: Path, name: str
 def test_the_front_door_and_its_engine_stop_together(processes: list[RmaProcess], tmp_path: Path) -> None:
     """An engine killed with SIGKILL leaves no Caddy holding its port; a Caddy that dies stops its engine
     (exit 1), so the worker's supervisor restarts the pair."""
-    import psutil
-
-    from procs import wait_until
-
     engine, caddy = start_tls_coordinator(processes, tmp_path, "killed-engine")
     os.kill(engine.pid, 9)  # the engine alone, as the OOM killer would: not its process group
     wait_until(lambda: not psutil.pid_exists(caddy) or psutil.Process(caddy).status() == psutil.STATUS_ZOMBIE, 10,

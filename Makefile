@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng chromium chromium-driver \
 	podman runc debootstrap
 # Only the benchmarks compare against these.
-BENCH_DEBIAN_PACKAGES := wrk nginx haproxy
+BENCH_DEBIAN_PACKAGES := wrk nginx haproxy nghttp2-client
 PACKAGES ?= $(DEBIAN_PACKAGES)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # llama.cpp for the CPU LLM, built portable: its default -march=native build crashes on CPUs
@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) bench/stores.py
 	$(PY) bench/failover.py
 	$(PY) bench/proxy_overhead.py
+	$(PY) bench/front_door_tls.py
 	$(PY) bench/fastpath_cost.py
 	$(PY) bench/tier1.py
 	$(PY) bench/services.py

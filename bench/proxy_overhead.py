@@ -61,7 +61,9 @@ http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
 def _nginx_site(port: int, body: str, tmp: Path) -> str:
     """`static:0` serves the 1 KB file; `proxy:PORT` reverse-proxies to it with pooled connections."""
     if body.startswith("static"):
-        return f"server {{ listen 127.0.0.1:{port}; location / {{ root {tmp}; }} }}"
+        # /health too: the coordinator checks the port the playing worker reports before it is routed.
+        return (f"server {{ listen 127.0.0.1:{port}; location / {{ root {tmp}; }} "
+                'location = /health { return 200 "ok"; } }')
     return (f"upstream backend {{ server 127.0.0.1:{body.split(':')[-1]}; keepalive 64; }} "
             f"server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://backend; "
             'proxy_http_version 1.1; proxy_set_header Connection ""; } }')

@@ -63,3 +63,21 @@ def test_the_local_ca_keeps_its_key_private_and_clients_verify_against_it(tmp_pa
     assert check.context.verify_mode == ssl.CERT_REQUIRED
     assert check.certificate == ssl.PEM_cert_to_DER_cert(first_certificate(ca.cert.read_text()))
     assert check.certificate != ssl.PEM_cert_to_DER_cert(ca.ca_file.read_text())  # the server's, not the CA's
+
+
+def test_an_acme_name_gets_caddy_s_acme_issuer_with_its_storage_kept_and_no_http_challenge(tmp_path: Path) -> None:
+    settings = FrontSettings.from_env({"RMA_TLS_DOMAIN": "edge.example.org", "RMA_ACME_EMAIL": "ops@example.org",
+                                       "RMA_ACME_STORAGE": str(tmp_path / "acme"), "HOME": str(tmp_path)})
+    assert settings.tls and settings.scheme() == "https" and settings.needed("127.0.0.1")
+    config = caddy_config(settings, "0.0.0.0", 443, tmp_path / "engine.sock", tmp_path / "temporary")
+    assert config["storage"]["root"] == str((tmp_path / "acme").resolve())
+    policy = config["apps"]["tls"]["automation"]["policies"][0]
+    assert policy["subjects"] == ["edge.example.org"] and config["apps"]["tls"]["certificates"]["automate"] == [
+        "edge.example.org"]
+    (issuer,) = policy["issuers"]
+    assert issuer == {"module": "acme", "challenges": {"http": {"disabled": True}}, "email": "ops@example.org"}
+    default_home = FrontSettings.from_env({"RMA_TLS_DOMAIN": "edge.example.org", "HOME": str(tmp_path)})
+    assert default_home.acme is not None and default_home.acme.storage == tmp_path / ".local/share/rma/acme"
+    ca = make_local_ca(tmp_path / "tls", ["localhost"])
+    with pytest.raises(ValueError, match="not both"):
+        FrontSettings.from_env({"RMA_TLS_DOMAIN": "edge.example.org"}, str(ca.cert), str(ca.key))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import httpx
@@ -102,3 +103,12 @@ def test_the_front_door_and_its_engine_stop_together(processes: list[RmaProcess]
     os.kill(caddy, 9)
     assert engine.proc is not None and engine.proc.wait(10) == 1
     assert "the front door (caddy) stopped" in engine.log()
+
+
+def test_a_streamed_answer_arrives_as_it_is_written_through_the_front_door(pool: TlsPool) -> None:
+    """Server-sent events through Caddy and the edge: the first event long before the stream ends."""
+    with pool.client() as client, client.stream("GET", f"{pool.edge}/service/{SERVICE}/events?n=4&gap=0.5") as answer:
+        started = time.monotonic()
+        arrivals = [time.monotonic() - started for line in answer.iter_lines() if line.startswith("data:")]
+    assert len(arrivals) == 4
+    assert arrivals[0] < 0.4 and arrivals[-1] > 1.3, arrivals

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CA_FILE_VARIABLE = "RMA_CA_FILE"
-# What the coordinator's and the routers' processes are handed: their certificate, and the front door's limits.
-TLS_VARIABLES = ("RMA_TLS_CERT", "RMA_TLS_KEY", "RMA_HEADER_TIMEOUT_S", "RMA_IDLE_TIMEOUT_S", "RMA_MAX_HEADER_KB")
+# What the coordinator's and the routers' processes are handed: their certificate (or the public name to get
+# one for by ACME, and from which CA), and the front door's limits.
+TLS_VARIABLES = ("RMA_TLS_CERT", "RMA_TLS_KEY", "RMA_TLS_DOMAIN", "RMA_ACME_CA", "RMA_ACME_CA_ROOT", "RMA_ACME_EMAIL",
+                 "RMA_ACME_STORAGE", "RMA_HEADER_TIMEOUT_S", "RMA_IDLE_TIMEOUT_S", "RMA_MAX_HEADER_KB")
 
 # The front door's limits an operator may change: variable → (field, type, unit in the field's terms).
 LIMIT_VARIABLES: dict[str, tuple[str, type, int]] = {
@@ -23,15 +25,18 @@ LIMIT_VARIABLES: dict[str, tuple[str, type, int]] = {
 
 @dataclass(frozen=True)
 class FrontSettings:
-    """The public listener's TLS certificate (with its chain) and key, and the limits Caddy enforces.
+    """The public listener's TLS certificate (with its chain) and key, or the public DNS name Caddy gets one
+    for by ACME, and the limits Caddy enforces.
 
-    The front door runs whenever a certificate is given, or the listener binds an address other
-    than loopback: no hand-written HTTP code faces the network. On loopback without a certificate
-    nothing leaves the machine, and the engine listens itself.
+    The front door runs whenever TLS is configured, or the listener binds an address other than
+    loopback: no hand-written HTTP code faces the network. On loopback without TLS nothing leaves
+    the machine, and the engine listens itself.
     """
 
     cert: Path | None = None
     key: Path | None = None
+    domain: str | None = None  # ACME: Caddy obtains and renews this name's certificate (TLS-ALPN on port 443)
+    acme: Acme | None = None
     header_timeout_s: float = 10.0  # a client has this long to send its request's head (slow-loris)
     idle_timeout_s: float = 60.0  # a keep-alive connection with no request is closed after this long
     max_header_bytes: int = 64 * 1024  # request line and headers together; past it: 431
@@ -39,6 +44,9 @@ class FrontSettings:
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
             raise ValueError("TLS needs both a certificate (RMA_TLS_CERT) and its key (RMA_TLS_KEY)")
+        if self.cert is not None and self.domain:
+            raise ValueError("TLS takes a certificate (RMA_TLS_CERT) or a name to get one for (RMA_TLS_DOMAIN), "
+                             "not both")
         for path in (self.cert, self.key):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file not found: {path}")
@@ -50,15 +58,17 @@ class FrontSettings:
                  key: str | None = None) -> FrontSettings:
         """Flags first, then RMA_TLS_CERT / RMA_TLS_KEY; the limits from RMA_HEADER_TIMEOUT_S,
         RMA_IDLE_TIMEOUT_S and RMA_MAX_HEADER_KB."""
-        cert = cert or env.get(TLS_VARIABLES[0]) or None
-        key = key or env.get(TLS_VARIABLES[1]) or None
+        cert = cert or env.get("RMA_TLS_CERT") or None
+        key = key or env.get("RMA_TLS_KEY") or None
         limits = {field: kind(env[variable]) * scale for variable, (field, kind, scale) in LIMIT_VARIABLES.items()
                   if env.get(variable)}
-        return cls(Path(cert).resolve() if cert else None, Path(key).resolve() if key else None, **limits)
+        domain = env.get("RMA_TLS_DOMAIN") or None
+        return cls(Path(cert).resolve() if cert else None, Path(key).resolve() if key else None, domain,
+                   Acme.from_env(env) if domain else None, **limits)
 
     @property
     def tls(self) -> bool:
-        return self.cert is not None
+        return self.cert is not None or bool(self.domain)
 
     def needed(self, host: str) -> bool:
         """Does a listener on `host` go behind the front door?"""
@@ -66,6 +76,26 @@ class FrontSettings:
 
     def scheme(self) -> str:
         return "https" if self.tls else "http"
+
+
+@dataclass(frozen=True)
+class Acme:
+    """Where Caddy gets the certificate for RMA_TLS_DOMAIN: Let's Encrypt (or ZeroSSL) unless RMA_ACME_CA
+    names another directory (a private CA, trusted through RMA_ACME_CA_ROOT). Its account and the
+    certificates are kept in RMA_ACME_STORAGE across restarts, so a restart never asks for a new one."""
+
+    storage: Path
+    directory: str | None = None
+    root: Path | None = None
+    email: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Acme:
+        home = Path(env.get("XDG_DATA_HOME") or Path(env.get("HOME") or Path.home()) / ".local" / "share")
+        root = env.get("RMA_ACME_CA_ROOT") or None
+        return cls(Path(env.get("RMA_ACME_STORAGE") or home / "rma" / "acme").resolve(),
+                   env.get("RMA_ACME_CA") or None, Path(root).resolve() if root else None,
+                   env.get("RMA_ACME_EMAIL") or None)
 
 
 def _loopback(host: str) -> bool:
@@ -94,23 +124,40 @@ def client_context(env: Mapping[str, str] = os.environ) -> ssl.SSLContext | bool
 class TlsCheck:
     """How a worker checks the TLS listener of a service it runs, on a loopback address.
 
-    The chain is verified (RMA_CA_FILE, else the system's CAs) but not the name, since a loopback
-    address is not the certificate's public name; the served certificate must instead be exactly
-    the one the service was given.
+    The chain is always verified (RMA_CA_FILE, else the system's CAs). With a certificate file the
+    name is not, since a loopback address is not the certificate's public name; the served
+    certificate must instead be exactly the one the service was given. With an ACME name the
+    check asks for that name (SNI) and verifies it.
     """
 
     context: ssl.SSLContext
-    certificate: bytes  # DER of the certificate the service serves
+    certificate: bytes | None  # DER of the certificate the service serves, when it was given one
+    server_name: str | None = None  # the ACME name, sent and verified
 
     @classmethod
     def of(cls, cert: Path, env: Mapping[str, str] = os.environ) -> TlsCheck:
-        verify = client_context(env)
-        context = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
+        context = _verifying(env)
         context.check_hostname = False
         return cls(context, ssl.PEM_cert_to_DER_cert(first_certificate(cert.read_text())))
 
+    @classmethod
+    def named(cls, domain: str, env: Mapping[str, str] = os.environ) -> TlsCheck:
+        return cls(_verifying(env), None, domain)
+
     def served(self, connection: ssl.SSLObject | None) -> bool:
-        return connection is not None and connection.getpeercert(binary_form=True) == self.certificate
+        if connection is None:
+            return False
+        return self.certificate is None or connection.getpeercert(binary_form=True) == self.certificate
+
+
+def _verifying(env: Mapping[str, str]) -> ssl.SSLContext:
+    """A context that verifies the chain against RMA_CA_FILE, RMA_ACME_CA_ROOT (a private ACME CA), else the
+    system's CAs."""
+    verify = client_context(env)
+    context = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
+    if env.get("RMA_ACME_CA_ROOT"):
+        context.load_verify_locations(cafile=env["RMA_ACME_CA_ROOT"])
+    return context
 
 
 def first_certificate(pem: str) -> str:

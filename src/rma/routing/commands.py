@@ -31,7 +31,8 @@ def front_settings(cert: str | None, key: str | None) -> FrontSettings:
     try:
         return FrontSettings.from_env(os.environ, cert, key)
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--tls-cert / --tls-key") from None
+        raise typer.BadParameter(str(error), param_hint="the front door (--tls-cert, --tls-key, RMA_TLS_*, "
+                                                         "RMA_ACME_*, RMA_*_TIMEOUT_S, RMA_MAX_HEADER_KB)") from None
 
 
 def _urls(value: str) -> tuple[str, ...]:

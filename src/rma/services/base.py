@@ -120,9 +120,13 @@ class ServiceDriver(ABC):
 
     def tls_check(self, ctx: Context) -> TlsCheck | None:
         """How to check this service's own TLS listener, where it serves one (a router or a coordinator given
-        RMA_TLS_CERT/RMA_TLS_KEY); None for plain HTTP."""
-        cert = ctx.env.get(TLS_VARIABLES[0]) if TLS_VARIABLES[0] in self.passes else None
-        return TlsCheck.of(Path(cert), {**os.environ, **ctx.env}) if cert else None
+        RMA_TLS_CERT/RMA_TLS_KEY, or RMA_TLS_DOMAIN for ACME); None for plain HTTP."""
+        if TLS_VARIABLES[0] not in self.passes:
+            return None
+        env = {**os.environ, **ctx.env}
+        if env.get("RMA_TLS_CERT"):
+            return TlsCheck.of(Path(env["RMA_TLS_CERT"]), env)
+        return TlsCheck.named(env["RMA_TLS_DOMAIN"], env) if env.get("RMA_TLS_DOMAIN") else None
 
 
 def require_secret(ctx: Context, service: str) -> str:
@@ -202,7 +206,8 @@ async def tcp_lines(host: str, port: int, send: bytes, count: int, tls: TlsCheck
     listener does not serve the certificate `tls` expects."""
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=tls.context if tls else None), HEALTH_TIMEOUT_S)
+            asyncio.open_connection(host, port, ssl=tls.context if tls else None,
+                                    server_hostname=tls.server_name if tls else None), HEALTH_TIMEOUT_S)
     except (OSError, TimeoutError):
         return []
     try:

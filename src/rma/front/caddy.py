@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rma.front.settings import Acme, FrontSettings
+from rma.front.settings import GO_RUNTIME_VARIABLES, Acme, FrontSettings
 
 log = logging.getLogger("rma.front")
 RELAYED_HEADER = "X-Rma-Relayed"
@@ -152,7 +152,8 @@ class FrontDoor:
                                                   self.folder / "storage")))
         config.chmod(0o600)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.folder),
-               "XDG_DATA_HOME": str(self.folder / "data"), "XDG_CONFIG_HOME": str(self.folder / "config")}
+               "XDG_DATA_HOME": str(self.folder / "data"), "XDG_CONFIG_HOME": str(self.folder / "config"),
+               **{name: os.environ[name] for name in GO_RUNTIME_VARIABLES if os.environ.get(name)}}
         with self.log_file.open("wb") as errors:
             self.process = await asyncio.create_subprocess_exec(
                 caddy_binary(), "run", "--config", str(config), env=env, preexec_fn=_die_with_parent,

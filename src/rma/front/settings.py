@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CA_FILE_VARIABLE = "RMA_CA_FILE"
-# What the coordinator's and the routers' processes are handed: their certificate (or the public name to get
-# one for by ACME, and from which CA), and the front door's limits.
-TLS_VARIABLES = ("RMA_TLS_CERT", "RMA_TLS_KEY", "RMA_TLS_DOMAIN", "RMA_ACME_CA", "RMA_ACME_CA_ROOT", "RMA_ACME_EMAIL",
-                 "RMA_ACME_STORAGE", "RMA_HEADER_TIMEOUT_S", "RMA_IDLE_TIMEOUT_S", "RMA_MAX_HEADER_KB")
+# What the coordinator's and the routers' processes are handed for their front door: the certificate (or the
+# public name to get one for by ACME, and from which CA), its limits, and Go's runtime settings for Caddy.
+GO_RUNTIME_VARIABLES = ("GOMAXPROCS", "GOGC", "GOMEMLIMIT")  # e.g. GOGC=400: less of a small machine's CPU on GC
+FRONT_DOOR_VARIABLES = ("RMA_TLS_CERT", "RMA_TLS_KEY", "RMA_TLS_DOMAIN", "RMA_ACME_CA", "RMA_ACME_CA_ROOT",
+                        "RMA_ACME_EMAIL", "RMA_ACME_STORAGE", "RMA_HEADER_TIMEOUT_S", "RMA_IDLE_TIMEOUT_S",
+                        "RMA_MAX_HEADER_KB", *GO_RUNTIME_VARIABLES)
 
 # The front door's limits an operator may change: variable → (field, type, unit in the field's terms).
 LIMIT_VARIABLES: dict[str, tuple[str, type, int]] = {

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rma import catalog
-from rma.front.settings import CA_FILE_VARIABLE, TLS_VARIABLES, TlsCheck
+from rma.front.settings import CA_FILE_VARIABLE, TlsCheck
 
 # A health probe that takes longer than this counts as a failure: a service too slow to
 # answer its health check is too slow to serve.
@@ -121,7 +121,7 @@ class ServiceDriver(ABC):
     def tls_check(self, ctx: Context) -> TlsCheck | None:
         """How to check this service's own TLS listener, where it serves one (a router or a coordinator given
         RMA_TLS_CERT/RMA_TLS_KEY, or RMA_TLS_DOMAIN for ACME); None for plain HTTP."""
-        if TLS_VARIABLES[0] not in self.passes:
+        if "RMA_TLS_CERT" not in self.passes:
             return None
         env = {**os.environ, **ctx.env}
         if env.get("RMA_TLS_CERT"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from rma.front.settings import TLS_VARIABLES
+from rma.front.settings import FRONT_DOOR_VARIABLES
 from rma.services.base import Context, Launch, ServiceDriver
 from rma.services.edge_proxy import GATEWAY_VARIABLES
 
@@ -15,7 +15,7 @@ class Coordinator(ServiceDriver):
     # The worker's settings of `rma coordinator`, so the replica admits the same workers, operators and clients
     # and guards its own /service as the edge proxy does.
     passes = ("RMA_JOIN_TOKEN", "RMA_ADMIN_TOKEN", "RMA_STORE_KEYS", "RMA_VOUCHED_NETWORKS",
-              "HEARTBEAT_GRACE_INTERVALS", *GATEWAY_VARIABLES, *TLS_VARIABLES)
+              "HEARTBEAT_GRACE_INTERVALS", *GATEWAY_VARIABLES, *FRONT_DOOR_VARIABLES)
 
     def launch(self, ctx: Context) -> Launch:
         argv: tuple[str, ...] = (

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from rma.front.settings import TLS_VARIABLES
+from rma.front.settings import FRONT_DOOR_VARIABLES
 from rma.services.base import Context, Launch, ServiceDriver
 
 # What `rma edge-proxy` and `rma load-balancer` read from the environment besides their flags.
-ROUTER_VARIABLES = ("RMA_ADMIN_TOKEN", "ROUTING_REFRESH_INTERVAL", *TLS_VARIABLES)
+ROUTER_VARIABLES = ("RMA_ADMIN_TOKEN", "ROUTING_REFRESH_INTERVAL", *FRONT_DOOR_VARIABLES)
 GATEWAY_VARIABLES = ("RMA_API_KEYS", "RMA_CORS_ORIGINS", "RMA_MAX_BODY_MB", "RMA_RATE_LIMIT", "RMA_RATE_BURST")
 
 

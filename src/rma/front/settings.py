@@ -12,7 +12,7 @@ from pathlib import Path
 CA_FILE_VARIABLE = "RMA_CA_FILE"
 # What the coordinator's and the routers' processes are handed for their front door: the certificate (or the
 # public name to get one for by ACME, and from which CA), its limits, and Go's runtime settings for Caddy.
-GO_RUNTIME_VARIABLES = ("GOMAXPROCS", "GOGC", "GOMEMLIMIT")  # e.g. GOGC=400: less of a small machine's CPU on GC
+GO_RUNTIME_VARIABLES = ("GOMAXPROCS", "GOGC", "GOMEMLIMIT")  # Caddy's runtime, e.g. a heap cap on a small machine
 FRONT_DOOR_VARIABLES = ("RMA_TLS_CERT", "RMA_TLS_KEY", "RMA_TLS_DOMAIN", "RMA_ACME_CA", "RMA_ACME_CA_ROOT",
                         "RMA_ACME_EMAIL", "RMA_ACME_STORAGE", "RMA_HEADER_TIMEOUT_S", "RMA_IDLE_TIMEOUT_S",
                         "RMA_MAX_HEADER_KB", *GO_RUNTIME_VARIABLES)

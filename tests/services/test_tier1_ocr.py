@@ -66,7 +66,7 @@ def test_pdf_and_multi_page_tiff_give_one_entry_per_page(service: str) -> None:
     (b"hello, not an image", {}, 415, "not an image"),
     (b"%PDF-1.7 truncated garbage", {}, 400, "corrupt"),
     (letter()[:400], {}, 400, "corrupt"),  # a PNG cut short
-    (b"x" * (21 * 2**20), {}, 413, "over"),
+    (b"x" * (21 * 2**20), {}, 413, "larger than"),
     (None, {"lang": "klingon"}, 400, "not installed"),
 ])
 def test_bad_uploads_get_a_4xx_json_error_and_the_service_stays_up(service: str, data: bytes | None,

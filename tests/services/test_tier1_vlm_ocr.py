@@ -205,7 +205,7 @@ def test_each_page_goes_to_the_model_and_comes_back_as_tesseract_answers(
     (b"", 400, "empty"),
     (b"hello, not an image", 415, "not an image"),
     (b"%PDF-1.7 truncated garbage", 400, "corrupt"),
-    (b"x" * (21 * 2**20), 413, "over"),
+    (b"x" * (21 * 2**20), 413, "larger than"),
 ])
 def test_bad_uploads_get_a_4xx_json_error(service: Service, data: bytes,
                                           status: int, says: str) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import select
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from rma.services import DRIVERS
@@ -122,7 +125,32 @@ def test_bad_requests_get_a_4xx_json_error_and_the_service_stays_up(service: str
 def test_a_body_over_the_limit_is_refused_before_it_is_read(service: str) -> None:
     answer = httpx.post(f"{service}/extract", content=b"x" * (5 * 2**20), headers={"content-type": "application/json"},
                         timeout=10)
-    assert answer.status_code == 413 and "over" in answer.json()["error"]["message"]
+    assert answer.status_code == 413 and "larger than" in answer.json()["error"]["message"]
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(service: str) -> None:
+    """No Content-Length to check: the cap counts the body as it arrives, so 400 MB is never read."""
+    port = int(service.rsplit(":", 1)[1])
+    app = next(c.pid for c in psutil.net_connections("inet")
+               if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN)
+    before = psutil.Process(app).memory_info().rss
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20))
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        while sent < 400 << 20 and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(chunk)
+            except OSError:  # the app answered and stopped reading
+                break
+            sent += 1 << 20
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"larger than" in answer
+    assert sent < 100 << 20, f"{sent >> 20} MiB sent before the refusal"
+    assert psutil.Process(app).memory_info().rss - before < 64 << 20
+    assert httpx.get(f"{service}/health", timeout=5).status_code == 200
 
 
 def test_the_driver_reports_a_missing_model_and_launches_the_installed_one(tmp_path: Path) -> None:

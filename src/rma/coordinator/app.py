@@ -22,8 +22,8 @@ from starlette.middleware import Middleware
 from starlette.responses import FileResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rma.body_limit import BodyLimit
 from rma.coordinator.answers import Answers
 from rma.coordinator.history import History, WorkerFigures
 from rma.coordinator.metrics import Metrics
@@ -39,47 +39,6 @@ from rma.routing import GatewaySettings, ServiceRouter, coordinator_service
 
 log = logging.getLogger("rma.coordinator")
 DASHBOARD = Path(__file__).parent / "dashboard"
-
-
-class BodyTooLarge(ApiError):
-    status = 413
-
-
-class BodyLimit:
-    """Refuse bodies over `limit` bytes with 413, whether or not they declare a length."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Uploads through /service stream to a replica; the gateway in front of it caps those itself.
-        if scope["type"] != "http" or scope["path"].startswith("/service/"):
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                # Raised inside the route's body read, so the app's ApiError handler answers it.
-                raise BodyTooLarge(f"request body larger than {self.limit} bytes")
-            return message
-
-        await self.app(scope, counted, send)
-
-
-async def _too_large(limit: int, send: Send) -> None:
-    body = json.dumps({"error": f"request body larger than {limit} bytes"}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _timers(state: CoordinatorState, services: ServiceRouter) -> None:
@@ -178,7 +137,10 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
             Mount("", app=api),
         ],
         exception_handlers=handlers,
-        middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
+        # Uploads through /service stream to a replica; the gateway in front of it caps those itself.
+        middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes,
+                               error_body=lambda message: json.dumps({"error": message}).encode(),
+                               skip_prefix="/service/")],
         lifespan=lifespan,
     )
     app.state.coordinator = state

@@ -13,14 +13,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Generic, TypeVar
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from rma.body_limit import BodyLimit
 
 log = logging.getLogger("rma.apps")
 
@@ -83,13 +85,8 @@ def api_app(title: str, lifespan: Callable[[FastAPI], AbstractAsyncContextManage
         param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
         return error_response(400, f"{param or 'body'}: {first.get('msg', 'invalid request')}", param)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return error_response(413, f"request body over {max_body_bytes} bytes")
-        return await call_next(request)
-
+    app.add_middleware(BodyLimit, limit=max_body_bytes,
+                       error_body=lambda message: bytes(error_response(413, message).body))
     return app
 
 

@@ -7,6 +7,7 @@ reads one through vision-ocr.
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +181,48 @@ def test_a_pdf_locked_only_by_its_owner_opens_like_any_reader_opens_it(service: 
     assert answer.json()["metadata"]["encrypted"] is True
 
 
+def bogus_filter_pdf() -> bytes:
+    """A one-page PDF whose content stream names a filter no reader knows (pypdf: NotImplementedError)."""
+    objects = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+               b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 612 792]/Contents 4 0 R>>",
+               b"<</Length 5/Filter/Bogus>>\nstream\nhello\nendstream"]
+    out, offsets = io.BytesIO(b"%PDF-1.4\n"), []
+    out.seek(0, io.SEEK_END)
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    out.writelines(b"%010d 00000 n \n" % offset for offset in offsets)
+    out.write(b"trailer\n<</Size %d/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
+    return out.getvalue()
+
+
+def word_file() -> bytes:
+    document = docx.Document()
+    document.add_paragraph("Lowell Financial: £1,250.00 outstanding. " * 40)
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def damaged_word_file(damage: str) -> bytes:
+    """A real DOCX with its document.xml's first deflate byte flipped (zlib.error), or its compression
+    method set to one Python's zipfile lacks (NotImplementedError), in both ZIP headers."""
+    data = bytearray(word_file())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        info = archive.getinfo("word/document.xml")
+    if damage == "deflate":
+        data[info.header_offset + 30 + len(info.filename) + len(info.extra)] ^= 0xFF
+        return bytes(data)
+    struct.pack_into("<H", data, info.header_offset + 8, 99)
+    central = data.find(b"PK\x01\x02", info.header_offset + 30)
+    while data[central + 46:central + 46 + len(info.filename)] != info.filename.encode():
+        central = data.find(b"PK\x01\x02", central + 4)
+    struct.pack_into("<H", data, central + 10, 99)
+    return bytes(data)
+
+
 @pytest.mark.parametrize(("data", "status", "says"), [
     (b"", 400, "empty"),
     (b"\x00\x01\x02binary\x00", 415, "binary"),
@@ -189,6 +232,9 @@ def test_a_pdf_locked_only_by_its_owner_opens_like_any_reader_opens_it(service: 
     (zip_file({"word/document.xml": b"<not-xml"}), 400, "corrupt Word document"),
     (b"PK\x03\x04 truncated", 400, "corrupt ZIP"),
     (b"%PDF-1.7 truncated garbage", 400, "corrupt PDF"),
+    ("bogus-filter", 400, "corrupt PDF: NotImplementedError"),
+    ("bad-deflate", 400, "corrupt Word document: error"),
+    ("unknown-method", 400, "corrupt Word document: NotImplementedError"),
     ("encrypted", 422, "password-protected"),
     ("pages", 413, "at most 200"),
     ("bomb", 413, "inflates"),
@@ -197,7 +243,8 @@ def test_a_pdf_locked_only_by_its_owner_opens_like_any_reader_opens_it(service: 
 def test_bad_uploads_get_a_4xx_json_error_and_the_service_stays_up(service: str, data: bytes | str, status: int,
                                                                    says: str) -> None:
     made = {"encrypted": lambda: encrypted_pdf("user-secret"), "pages": lambda: blank_pdf(201),
-            "bomb": lambda: zip_file({"word/document.xml": b"\0" * (201 * 2**20)})}
+            "bomb": lambda: zip_file({"word/document.xml": b"\0" * (201 * 2**20)}), "bogus-filter": bogus_filter_pdf,
+            "bad-deflate": lambda: damaged_word_file("deflate"), "unknown-method": lambda: damaged_word_file("method")}
     answer = parse(service, made[data]() if isinstance(data, str) else data)
     assert answer.status_code == status and says in answer.json()["error"]["message"], answer.text
     assert httpx.get(f"{service}/health", timeout=5).status_code == 200

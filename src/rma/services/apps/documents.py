@@ -12,6 +12,7 @@ import asyncio
 import io
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -139,9 +140,10 @@ def parse_pdf(data: bytes) -> Parsed:
         metadata = pdf_metadata(reader)
     except ApiError:
         raise
-    # pypdf reports a malformed file through any of these, depending on where it breaks.
+    # pypdf reports a malformed file through any of these, depending on where it breaks (an unknown
+    # /Filter is NotImplementedError, a broken Flate stream zlib.error).
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError,
-            RecursionError, OSError, zipfile.BadZipFile) as exc:
+            RecursionError, OSError, zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError) as exc:
         raise ApiError(400, f"corrupt PDF: {type(exc).__name__}: {exc}", "file") from exc
     return Parsed("pdf", pages, {**metadata, "encrypted": reader.is_encrypted})
 
@@ -215,7 +217,9 @@ def parse_docx(data: bytes) -> Parsed:
         document = docx.Document(io.BytesIO(data))
         texts, markdown = docx_blocks(document)
         metadata = docx_metadata(document)
-    except (PackageNotFoundError, KeyError, zipfile.BadZipFile, SyntaxError, TypeError, AttributeError) as exc:
+    # A corrupted deflate stream is zlib.error, a ZIP compression method Python lacks NotImplementedError.
+    except (PackageNotFoundError, KeyError, zipfile.BadZipFile, SyntaxError, TypeError, AttributeError,
+            zlib.error, NotImplementedError, EOFError) as exc:
         raise ApiError(400, f"corrupt Word document: {type(exc).__name__}: {exc}", "file") from exc
     except ValueError as exc:  # python-docx's word for "a Word file of another kind" (.docm, .dotx)
         raise ApiError(415, f"not a Word document python-docx reads: {exc}; {SUPPORTED}", "file") from exc

@@ -69,6 +69,8 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
+from proxy_overhead import free_port, stream_server  # bench/ is this script's folder, first on sys.path
+
 KB = b"x" * 1024
 HELD = 0.95  # a fixed rate is held when this share of it was served, with no failures and the client on time
 CLIENT_LATE_MS = 1.0  # the paced client's own median lateness past which its rate is not the one asked for
@@ -76,12 +78,6 @@ WARM_UP_S = 1.0  # of each paced run, left out of its figures (connections, hand
 NEAR_SATURATION = 0.8  # a held rate above this share of the target's closed-loop maximum: queueing shows
 QUEUEING = 4  # ... or a p50 this many times the lowest rate's (and 0.5 ms more)
 CADDY_ALONE = "caddy alone (TLS)"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, verify: ssl.SSLContext | bool = True, timeout: float = 30) -> None:
@@ -179,22 +175,6 @@ def play_worker(coordinator: str, ports: dict[str, int], stop: threading.Event) 
         while not stop.is_set():
             client.post("/api/worker/heartbeat", json=beat, headers=headers)
             stop.wait(0.5)
-
-
-async def stream_server(port: int) -> asyncio.AbstractServer:
-    """Answers every request with a chunked event stream: the first event at once, the end 50 ms later."""
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-                             b"f\r\ndata: event 0\n\n\r\n")
-                await writer.drain()
-                await asyncio.sleep(0.05)
-                writer.write(b"0\r\n\r\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-    return await asyncio.start_server(handle, "127.0.0.1", port)
 
 
 # ---- the paced (open-loop) client, run as `front_door_tls.py --paced URL` in its own process

@@ -273,6 +273,16 @@ def test_a_pipelining_flood_that_reads_no_answer_stays_bounded_and_others_are_se
     assert during - before < RSS_GROWTH_LIMIT and listener.rss() - before < RSS_GROWTH_LIMIT
 
 
+async def new_client_health(listener: Listener) -> int:
+    """A new client's /health over TLS, on its own connection: the status it got."""
+    host, port = listener.address
+    reader, writer = await asyncio.open_connection(host, port, ssl=listener.context(), server_hostname=host)
+    writer.write(get(b"/health", b"Connection: close"))
+    (answer,) = parse_answers(await asyncio.wait_for(reader.read(), WAIT_S), True)
+    writer.close()
+    return answer.status
+
+
 async def _half_sent(listener: Listener, count: int) -> tuple[list[tuple[float, bytes]], list[tuple[int, int]]]:
     """`count` TLS connections that each send half a request line, then nothing; meanwhile a new client asks for
     /health every 0.2 s. Returns (seconds from the half line to the server's close, what the server sent) per
@@ -298,18 +308,11 @@ async def _half_sent(listener: Listener, count: int) -> tuple[list[tuple[float, 
         writer.close()
         return loop.time() - sent_at, got
 
-    async def health() -> int:
-        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
-        writer.write(get(b"/health", b"Connection: close"))
-        (answer,) = parse_answers(await asyncio.wait_for(reader.read(), WAIT_S), True)
-        writer.close()
-        return answer.status
-
     hung = asyncio.gather(*(hang() for _ in range(count)))
     served = []
     while not hung.done():
         open_now = hanging
-        served.append((open_now, await health()))
+        served.append((open_now, await new_client_health(listener)))
         await asyncio.sleep(0.2)
     return await hung, served
 
@@ -341,7 +344,6 @@ async def _slow_handshakes(listener: Listener, count: int) -> tuple[list[float],
     how long each stayed open, and the status of each new client served meanwhile."""
     loop = asyncio.get_running_loop()
     host, port = listener.address
-    context = listener.context()
     opening = asyncio.Semaphore(500)
 
     async def crawl() -> float:
@@ -358,17 +360,10 @@ async def _slow_handshakes(listener: Listener, count: int) -> tuple[list[float],
         writer.close()
         return loop.time() - started
 
-    async def health() -> int:
-        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
-        writer.write(get(b"/health", b"Connection: close"))
-        (answer,) = parse_answers(await asyncio.wait_for(reader.read(), WAIT_S), True)
-        writer.close()
-        return answer.status
-
     crawling = asyncio.gather(*(crawl() for _ in range(count)))
     served = []
     while not crawling.done():
-        served.append(await health())
+        served.append(await new_client_health(listener))
         await asyncio.sleep(0.2)
     return await crawling, served
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from pathlib import Path
 
@@ -42,3 +43,18 @@ def test_the_check_passes_only_for_the_certificate_the_service_was_given(tmp_pat
                     await http_ok("127.0.0.1", port, "/health", pinned_elsewhere))
 
     assert asyncio.run(run()) == (True, False, False)
+
+
+def test_the_check_is_built_once_per_certificate_and_again_when_the_file_is_replaced(tmp_path: Path) -> None:
+    """A check runs every few seconds; loading a verifying context costs ~40 ms of CPU, so it is kept, but a
+    renewed certificate file is pinned anew."""
+    first = make_local_ca(tmp_path / "a", ["localhost"])
+    env = {"RMA_TLS_CERT": str(first.cert), "RMA_CA_FILE": str(first.ca_file)}
+    check = TlsCheck.from_env(env)
+    assert check is not None and TlsCheck.from_env(env) is check
+    renewed = make_local_ca(tmp_path / "b", ["localhost"])
+    first.cert.write_bytes(renewed.cert.read_bytes())
+    os.utime(first.cert, ns=(1, 1))
+    again = TlsCheck.from_env(env)
+    assert again is not check and again is not None and again.certificate != check.certificate
+    assert TlsCheck.from_env({}) is None

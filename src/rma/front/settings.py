@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import ssl
@@ -146,10 +147,38 @@ class TlsCheck:
     def named(cls, domain: str, env: Mapping[str, str] = os.environ) -> TlsCheck:
         return cls(_verifying(env), None, domain)
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TlsCheck | None:
+        """The check for a listener given RMA_TLS_CERT (pinned) or RMA_TLS_DOMAIN (named); None without TLS.
+
+        Built once per settings and per version of the files it reads, not per check: a check runs
+        every few seconds, and loading a verifying context costs ~40 ms of CPU.
+        """
+        cert, domain = env.get("RMA_TLS_CERT") or None, env.get("RMA_TLS_DOMAIN") or None
+        if cert is None and domain is None:
+            return None
+        ca_file, acme_root = env.get(CA_FILE_VARIABLE) or None, env.get("RMA_ACME_CA_ROOT") or None
+        return _cached_check(cert, domain, ca_file, acme_root, _version(cert), _version(ca_file), _version(acme_root))
+
     def served(self, connection: ssl.SSLObject | None) -> bool:
         if connection is None:
             return False
         return self.certificate is None or connection.getpeercert(binary_form=True) == self.certificate
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_check(cert: str | None, domain: str | None, ca_file: str | None, acme_root: str | None,
+                  *versions: int) -> TlsCheck:
+    """`TlsCheck.from_env`'s checks; `versions` (the files' modification times) make a replaced file a new key."""
+    env = {name: value for name, value in ((CA_FILE_VARIABLE, ca_file), ("RMA_ACME_CA_ROOT", acme_root)) if value}
+    return TlsCheck.of(Path(cert), env) if cert else TlsCheck.named(str(domain), env)
+
+
+def _version(path: str | None) -> int:
+    try:
+        return Path(path).stat().st_mtime_ns if path else 0
+    except OSError:
+        return 0
 
 
 def _verifying(env: Mapping[str, str]) -> ssl.SSLContext:

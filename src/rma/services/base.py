@@ -123,10 +123,7 @@ class ServiceDriver(ABC):
         RMA_TLS_CERT/RMA_TLS_KEY, or RMA_TLS_DOMAIN for ACME); None for plain HTTP."""
         if "RMA_TLS_CERT" not in self.passes:
             return None
-        env = {**os.environ, **ctx.env}
-        if env.get("RMA_TLS_CERT"):
-            return TlsCheck.of(Path(env["RMA_TLS_CERT"]), env)
-        return TlsCheck.named(env["RMA_TLS_DOMAIN"], env) if env.get("RMA_TLS_DOMAIN") else None
+        return TlsCheck.from_env({**os.environ, **ctx.env})
 
 
 def require_secret(ctx: Context, service: str) -> str:

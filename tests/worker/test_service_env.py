@@ -76,9 +76,15 @@ class Running:
 
 
 def running_under(worker: RmaProcess) -> list[Running]:
+    """The worker's descendants with their environments; a child caught between fork and exec (still the
+    worker's own command line and environment, about to be replaced) is not a service yet, and is skipped."""
     found = []
-    for proc in psutil.Process(worker.pid).children(recursive=True):
+    parent = psutil.Process(worker.pid)
+    own = parent.cmdline()
+    for proc in parent.children(recursive=True):
         try:
+            if proc.cmdline() == own:
+                continue
             raw = Path(f"/proc/{proc.pid}/environ").read_bytes().decode(errors="replace")
             env = dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
             # redis and postgres write their process title over their environment (their copy is on the heap).

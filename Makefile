@@ -2,12 +2,13 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# What the pool runs (redis-server, postgresql, tesseract), the browser the dashboard's tests drive, and
-# what builds and runs the container images (podman with runc; debootstrap makes the Debian base image).
-DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng chromium chromium-driver \
+# What the pool runs (redis-server, postgresql, tesseract; haproxy, the front door of public listeners), the
+# browser the dashboard's tests drive, and what builds and runs the container images (podman with runc;
+# debootstrap makes the Debian base image).
+DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng haproxy chromium chromium-driver \
 	podman runc debootstrap
 # Only the benchmarks compare against these.
-BENCH_DEBIAN_PACKAGES := wrk nginx haproxy nghttp2-client
+BENCH_DEBIAN_PACKAGES := wrk nginx nghttp2-client
 PACKAGES ?= $(DEBIAN_PACKAGES)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # llama.cpp for the CPU LLM, built portable: its default -march=native build crashes on CPUs

@@ -1,9 +1,10 @@
-"""The TLS front door on loopback, side by side: our edge proxy behind Caddy vs HAProxy terminating TLS.
+"""The TLS front door on loopback, side by side: our edge proxy behind its front door vs HAProxy terminating TLS.
 
 What it measures, in one run, for 1 KB answers from one nginx backend (ratios, since the machine is noisy):
 
   (a) req/s with wrk at N connections (HTTP/1.1 keep-alive) through our TLS front door (`rma edge-proxy`
-      with RMA_TLS_CERT/RMA_TLS_KEY: Caddy on the public port, the rma engine on a private unix socket),
+      with RMA_TLS_CERT/RMA_TLS_KEY: HAProxy on the public port, the rma engine on a private unix socket; and
+      the same with RMA_FRONT_ENGINE=caddy, the front door that serves ACME names),
       through HAProxy terminating TLS with the same certificate and key, through the plain-HTTP edge proxy
       (loopback, no TLS: no front door) and direct to the backend; the goal is ours >= 50% of HAProxy's.
       One reference row more: Caddy alone, with the front door's own config (rma.front.caddy_config) but
@@ -21,7 +22,7 @@ What it measures, in one run, for 1 KB answers from one nginx backend (ratios, s
   (c) time to the first byte of a streamed (chunked) answer from a tiny asyncio backend, through the TLS
       front door vs direct (the claim: <= 5 ms added); the plain edge proxy and HAProxy (TLS) are shown
       too, HAProxy's figure being what TLS itself costs this client (httpx over Python's ssl).
-  (d) CPU per request of the proxies' processes from psutil (the rma engine + its caddy child, vs the
+  (d) CPU per request of the proxies' processes from psutil (the rma engine + its haproxy child, vs the
       haproxy process, threads included), at saturation in (a) and at the fixed rates in (b).
   And once: which protocol ALPN picks on each TLS listener (h2 expected), and what curl --http2 gets.
   The last line says how much CPU other processes took meanwhile: the cores are shared, so read the
@@ -78,6 +79,7 @@ WARM_UP_S = 1.0  # of each paced run, left out of its figures (connections, hand
 NEAR_SATURATION = 0.8  # a held rate above this share of the target's closed-loop maximum: queueing shows
 QUEUEING = 4  # ... or a p50 this many times the lowest rate's (and 0.5 ms more)
 CADDY_ALONE = "caddy alone (TLS)"
+FRONT_CADDY = "front door, caddy (TLS)"
 
 
 def wait_http(url: str, verify: ssl.SSLContext | bool = True, timeout: float = 30) -> None:
@@ -511,13 +513,13 @@ def own_cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def caddy_of(pid: int) -> int | None:
-    """The caddy child of an rma engine, if it runs one."""
+def door_of(pid: int, server: str) -> int:
+    """The front door's server (haproxy or caddy) an rma engine runs as its child."""
     with contextlib.suppress(psutil.NoSuchProcess):
         for child in psutil.Process(pid).children(recursive=True):
-            if child.name() == "caddy":
+            if child.name() == server:
                 return child.pid
-    return None
+    raise SystemExit(f"the TLS edge proxy answers but runs no {server} child: is the front door in place?")
 
 
 # ---- the run
@@ -557,8 +559,8 @@ def main() -> None:
     from rma.front.local_ca import make_local_ca
 
     tmp = Path(tempfile.mkdtemp(prefix="rma-bench-tls-"))
-    ports = {name: free_port() for name in ("backend", "stream", "coordinator", "edge", "edge_tls", "haproxy_tls",
-                                            "caddy_alone")}
+    ports = {name: free_port() for name in ("backend", "stream", "coordinator", "edge", "edge_tls", "edge_caddy",
+                                            "haproxy_tls", "caddy_alone")}
     procs = Processes(tmp / "bench.log")
     stop = threading.Event()
     loop = asyncio.new_event_loop()
@@ -584,8 +586,11 @@ def main() -> None:
         edge_env = {"RMA_RATE_LIMIT": "0", "ROUTING_REFRESH_INTERVAL": "1", "RMA_TLS_CERT": "", "RMA_TLS_KEY": ""}
         edge_argv = [sys.executable, "-m", "rma", "edge-proxy", "--coordinator-url", coordinator, "--port"]
         edge_pid = procs.spawn("rma edge-proxy", [*edge_argv, str(ports["edge"])], edge_env)
+        tls_env = {**edge_env, "RMA_TLS_CERT": str(ca.cert), "RMA_TLS_KEY": str(ca.key)}
         tls_pid = procs.spawn("rma edge-proxy (TLS)", [*edge_argv, str(ports["edge_tls"])],
-                              {**edge_env, "RMA_TLS_CERT": str(ca.cert), "RMA_TLS_KEY": str(ca.key)})
+                              {**tls_env, "RMA_FRONT_ENGINE": "haproxy"})
+        caddy_front_pid = procs.spawn("rma edge-proxy (TLS, caddy)", [*edge_argv, str(ports["edge_caddy"])],
+                                      {**tls_env, "RMA_FRONT_ENGINE": "caddy"})
         pem = haproxy_pem(tmp, ca.cert, ca.key)
         haproxy_pid = procs.spawn("haproxy", ["haproxy", "-db", "-f", str(haproxy_conf(
             tmp, ports["haproxy_tls"], ports["backend"], ports["stream"], pem, args.haproxy_threads))])
@@ -597,16 +602,16 @@ def main() -> None:
             "direct (http)": f"http://127.0.0.1:{ports['backend']}/kb",
             "edge proxy (http)": f"http://127.0.0.1:{ports['edge']}/service/ner-extraction/kb",
             "front door (TLS)": f"https://127.0.0.1:{ports['edge_tls']}/service/ner-extraction/kb",
+            FRONT_CADDY: f"https://127.0.0.1:{ports['edge_caddy']}/service/ner-extraction/kb",
             "haproxy (TLS)": f"https://127.0.0.1:{ports['haproxy_tls']}/kb",
             CADDY_ALONE: f"https://127.0.0.1:{ports['caddy_alone']}/kb",
         }
         for url in urls.values():
             wait_http(url, verify)  # TLS ones verified against the local CA, the name (127.0.0.1) included
-        caddy_pid = caddy_of(tls_pid)
-        if caddy_pid is None:
-            raise SystemExit("the TLS edge proxy answers but runs no caddy child: is the front door in place?")
-        door_folder = Path(psutil.Process(caddy_pid).cmdline()[-1]).parent  # caddy run --config FOLDER/caddy.json
-        pids = {"direct (http)": (), "edge proxy (http)": (edge_pid,), "front door (TLS)": (tls_pid, caddy_pid),
+        door_pid, caddy_pid = door_of(tls_pid, "haproxy"), door_of(caddy_front_pid, "caddy")
+        door_folder = Path(psutil.Process(door_pid).cmdline()[-1]).parent  # haproxy -db -f FOLDER/haproxy.cfg
+        pids = {"direct (http)": (), "edge proxy (http)": (edge_pid,), "front door (TLS)": (tls_pid, door_pid),
+                FRONT_CADDY: (caddy_front_pid, caddy_pid),
                 "haproxy (TLS)": (haproxy_pid,), CADDY_ALONE: (alone_pid,)}
         stream_urls = {
             "direct (http)": f"http://127.0.0.1:{ports['stream']}/events",
@@ -682,19 +687,21 @@ def report(args: argparse.Namespace, rates: list[int], saturated: dict[str, Load
     print()
     print(f"(a) closed loop: wrk -t1 -c{args.connections} -d{args.seconds}s, HTTP/1.1 keep-alive, "
           f"median of {args.rounds} interleaved runs per target")
-    print(f"{'target':<20}{'req/s':>8}{'vs direct':>11}{'vs haproxy':>12}{'p50 ms':>8}{'p99 ms':>8}"
+    print(f"{'target':<24}{'req/s':>8}{'vs direct':>11}{'vs haproxy':>12}{'p50 ms':>8}{'p99 ms':>8}"
           f"{'CPU µs/req':>20}{'failed':>7}   every run, req/s")
     for name, load in saturated.items():
         every = ", ".join(f"{run.rps:.0f}" for run in runs[name])
-        print(f"{name:<20}{load.rps:>8.0f}{load.rps / direct.rps:>10.0%} {load.rps / haproxy.rps:>11.0%}"
+        print(f"{name:<24}{load.rps:>8.0f}{load.rps / direct.rps:>10.0%} {load.rps / haproxy.rps:>11.0%}"
               f"{load.p50:>8.2f}{load.p99:>8.2f}{_cpu_cell(load)}{load.failed:>7}   {every}")
     ratio = ours.rps / haproxy.rps
     per_run = ", ".join(f"{a.rps / b.rps:.0%}" for a, b in zip(runs["front door (TLS)"], runs["haproxy (TLS)"],
                                                                   strict=True))
     print(f"ours/haproxy, TLS: {ratio:.0%} (goal >= 50%: {'met' if ratio >= 0.5 else 'NOT met'}); "
-          f"per round: {per_run}; caddy alone/haproxy: {saturated[CADDY_ALONE].rps / haproxy.rps:.0%}")
-    print("CPU µs/req: front door = rma engine + its caddy child; edge proxy = the rma engine; haproxy = its process "
-          f"(all threads); {CADDY_ALONE} = the front door's caddy config relaying straight to the backend, no engine")
+          f"per round: {per_run}; with caddy as the front door: {saturated[FRONT_CADDY].rps / haproxy.rps:.0%}; "
+          f"caddy alone/haproxy: {saturated[CADDY_ALONE].rps / haproxy.rps:.0%}")
+    print("CPU µs/req: front door = rma engine + its haproxy (or caddy) child; edge proxy = the rma engine; "
+          f"haproxy = its process (all threads); {CADDY_ALONE} = the front door's caddy config relaying straight to "
+          "the backend, no engine")
     print()
     python = args.pacer == "python"
     client_name = ("this script's open-loop client (asyncio + ssl, its own process)" if python else

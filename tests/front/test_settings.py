@@ -1,15 +1,17 @@
-"""The front door's settings and Caddy config, without starting anything."""
+"""The front door's settings and its servers' configs (HAProxy, Caddy), without starting anything."""
 
 from __future__ import annotations
 
+import json
 import ssl
 from pathlib import Path
 
 import pytest
 
-from rma.front import FrontSettings, caddy_config, client_context
+from rma.front import FrontSettings, caddy_config, client_context, haproxy_config
+from rma.front.haproxy import haproxy_command
 from rma.front.local_ca import make_local_ca
-from rma.front.settings import TlsCheck, first_certificate
+from rma.front.settings import TlsCheck, first_certificate, haproxy_path
 
 
 def test_the_front_door_runs_for_tls_or_any_address_but_loopback(tmp_path: Path) -> None:
@@ -32,6 +34,49 @@ def test_settings_refuse_half_a_pair_a_missing_file_and_limits_that_disable_them
                                      "RMA_IDLE_TIMEOUT_S": "5", "RMA_MAX_HEADER_KB": "16"})
     assert (limits.tls, limits.idle_timeout_s, limits.max_header_bytes) == (True, 5.0, 16 * 1024)
     assert FrontSettings.from_env({}, str(ca.cert), str(ca.key)).cert == ca.cert.resolve()
+
+
+def test_haproxy_is_the_front_door_where_installed_and_caddy_serves_acme_names() -> None:
+    assert haproxy_path() is not None  # make test installs Debian's haproxy
+    assert FrontSettings().engine == "haproxy"
+    assert FrontSettings.from_env({"RMA_TLS_DOMAIN": "edge.example.org"}).engine == "caddy"
+    assert FrontSettings.from_env({"RMA_FRONT_ENGINE": "caddy"}).engine == "caddy"
+    with pytest.raises(ValueError, match="ACME"):
+        FrontSettings.from_env({"RMA_TLS_DOMAIN": "edge.example.org", "RMA_FRONT_ENGINE": "haproxy"})
+    with pytest.raises(ValueError, match="RMA_FRONT_ENGINE"):
+        FrontSettings.from_env({"RMA_FRONT_ENGINE": "nginx"})
+    with pytest.raises(ValueError, match="RMA_MAX_CLIENT_CONNECTIONS"):
+        FrontSettings.from_env({"RMA_MAX_CLIENT_CONNECTIONS": "0"})
+
+
+def test_haproxy_relays_everything_to_the_private_socket_with_the_limits(tmp_path: Path) -> None:
+    ca = make_local_ca(tmp_path, ["localhost"])
+    settings = FrontSettings(ca.cert, ca.key, header_timeout_s=3, idle_timeout_s=30, max_header_bytes=8192,
+                             max_client_connections=50)
+    lines = [line.strip() for line in haproxy_config(settings, "::", 8443, tmp_path / "engine.sock",
+                                                     tmp_path).splitlines()]
+    assert f"bind [::]:8443 ssl crt {tmp_path / 'certificate.pem'} alpn h2,http/1.1" in lines
+    assert {"timeout http-request 3000ms", "timeout http-keep-alive 30000ms", "timeout client 30000ms",
+            "tune.bufsize 9216", f"server engine unix@{tmp_path / 'engine.sock'}"} <= set(lines)
+    assert "tcp-request connection reject if { sc0_conn_cur gt 50 }" in lines
+    assert "http-request set-header X-Forwarded-For %[src]" in lines
+    assert not any(line.startswith(("stats", "log")) for line in lines)  # no admin socket, no access log
+    plain = haproxy_config(FrontSettings(), "0.0.0.0", 80, tmp_path / "engine.sock", tmp_path)
+    assert "bind 0.0.0.0:80\n" in plain and "X-Forwarded-Proto http\n" in plain
+
+
+def test_haproxy_s_certificate_file_and_config_are_private_and_its_own_answers_json(tmp_path: Path) -> None:
+    ca = make_local_ca(tmp_path / "tls", ["localhost"])
+    folder = tmp_path / "door"
+    folder.mkdir(mode=0o700)
+    argv, env = haproxy_command(FrontSettings(ca.cert, ca.key), "127.0.0.1", 8443, folder / "engine.sock", folder)
+    assert argv[-2:] == ["-f", str(folder / "haproxy.cfg")] and "RMA_TLS_KEY" not in env
+    pem = folder / "certificate.pem"
+    assert pem.stat().st_mode & 0o777 == 0o600 and (folder / "haproxy.cfg").stat().st_mode & 0o777 == 0o600
+    assert pem.read_bytes().endswith(ca.key.read_bytes())
+    head, _, body = (folder / "502.http").read_bytes().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 Bad Gateway") and b"application/json" in head
+    assert json.loads(body) == {"error": "front door: Bad Gateway"}
 
 
 def test_caddy_relays_everything_to_the_private_socket_with_the_limits_and_no_admin_api(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from rma.routing.server import serve_forever
 
 
 def serve(settings: CoordinatorSettings, front: FrontSettings | None = None) -> None:
-    """Run the coordinator until SIGINT or SIGTERM; behind the front door (Caddy) where `front` says so."""
+    """Run the coordinator until SIGINT or SIGTERM; behind the front door (HAProxy or Caddy) where `front` says so."""
     front = front or FrontSettings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)

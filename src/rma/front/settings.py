@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import shutil
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,24 +13,27 @@ from pathlib import Path
 
 CA_FILE_VARIABLE = "RMA_CA_FILE"
 # What the coordinator's and the routers' processes are handed for their front door: the certificate (or the
-# public name to get one for by ACME, and from which CA), its limits, and Go's runtime settings for Caddy.
+# public name to get one for by ACME, and from which CA), its limits, its server, and Go's runtime settings for Caddy.
 GO_RUNTIME_VARIABLES = ("GOMAXPROCS", "GOGC", "GOMEMLIMIT")  # Caddy's runtime, e.g. a heap cap on a small machine
-FRONT_DOOR_VARIABLES = ("RMA_TLS_CERT", "RMA_TLS_KEY", "RMA_TLS_DOMAIN", "RMA_ACME_CA", "RMA_ACME_CA_ROOT",
-                        "RMA_ACME_EMAIL", "RMA_ACME_STORAGE", "RMA_HEADER_TIMEOUT_S", "RMA_IDLE_TIMEOUT_S",
-                        "RMA_MAX_HEADER_KB", *GO_RUNTIME_VARIABLES)
+FRONT_DOOR_VARIABLES = ("RMA_FRONT_ENGINE", "RMA_TLS_CERT", "RMA_TLS_KEY", "RMA_TLS_DOMAIN", "RMA_ACME_CA",
+                        "RMA_ACME_CA_ROOT", "RMA_ACME_EMAIL", "RMA_ACME_STORAGE", "RMA_HEADER_TIMEOUT_S",
+                        "RMA_IDLE_TIMEOUT_S", "RMA_MAX_HEADER_KB", "RMA_MAX_CLIENT_CONNECTIONS",
+                        *GO_RUNTIME_VARIABLES)
 
 # The front door's limits an operator may change: variable → (field, type, unit in the field's terms).
 LIMIT_VARIABLES: dict[str, tuple[str, type, int]] = {
     "RMA_HEADER_TIMEOUT_S": ("header_timeout_s", float, 1),
     "RMA_IDLE_TIMEOUT_S": ("idle_timeout_s", float, 1),
     "RMA_MAX_HEADER_KB": ("max_header_bytes", int, 1024),
+    "RMA_MAX_CLIENT_CONNECTIONS": ("max_client_connections", int, 1),
 }
+ENGINES = ("haproxy", "caddy")  # the servers the front door can run (rma.front.haproxy, rma.front.caddy)
 
 
 @dataclass(frozen=True)
 class FrontSettings:
     """The public listener's TLS certificate (with its chain) and key, or the public DNS name Caddy gets one
-    for by ACME, and the limits Caddy enforces.
+    for by ACME, the limits the front door enforces, and which server it runs.
 
     The front door runs whenever TLS is configured, or the listener binds an address other than
     loopback: no hand-written HTTP code faces the network. On loopback without TLS nothing leaves
@@ -42,7 +46,11 @@ class FrontSettings:
     acme: Acme | None = None
     header_timeout_s: float = 10.0  # a client has this long to send its request's head (slow-loris)
     idle_timeout_s: float = 60.0  # a keep-alive connection with no request is closed after this long
-    max_header_bytes: int = 64 * 1024  # request line and headers together; past it: 431
+    max_header_bytes: int = 64 * 1024  # request line and headers together; past it: 400 (HAProxy) or 431 (Caddy)
+    # One client address may hold this many connections at once (HAProxy only; Caddy has no such limit): a
+    # slow-loris from one address cannot take the slots every other client needs.
+    max_client_connections: int = 1000
+    front_engine: str | None = None  # RMA_FRONT_ENGINE: "haproxy" or "caddy"; unset, see `engine`
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
@@ -53,21 +61,36 @@ class FrontSettings:
         for path in (self.cert, self.key):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file not found: {path}")
+        if self.front_engine is not None and self.front_engine not in ENGINES:
+            raise ValueError(f"RMA_FRONT_ENGINE is one of {', '.join(ENGINES)}, not {self.front_engine!r}")
+        if self.front_engine == "haproxy" and self.domain:
+            raise ValueError("HAProxy obtains no certificates: RMA_TLS_DOMAIN (ACME) needs RMA_FRONT_ENGINE=caddy")
         if min(self.header_timeout_s, self.idle_timeout_s) <= 0 or self.max_header_bytes < 1024:
             raise ValueError("the front door's timeouts must be above 0 s and its header limit at least 1 KB")
+        if self.max_client_connections < 1:
+            raise ValueError("RMA_MAX_CLIENT_CONNECTIONS must be at least 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, cert: str | None = None,
                  key: str | None = None) -> FrontSettings:
         """Flags first, then RMA_TLS_CERT / RMA_TLS_KEY; the limits from RMA_HEADER_TIMEOUT_S,
-        RMA_IDLE_TIMEOUT_S and RMA_MAX_HEADER_KB."""
+        RMA_IDLE_TIMEOUT_S, RMA_MAX_HEADER_KB and RMA_MAX_CLIENT_CONNECTIONS; the server from RMA_FRONT_ENGINE."""
         cert = cert or env.get("RMA_TLS_CERT") or None
         key = key or env.get("RMA_TLS_KEY") or None
         limits = {field: kind(env[variable]) * scale for variable, (field, kind, scale) in LIMIT_VARIABLES.items()
                   if env.get(variable)}
         domain = env.get("RMA_TLS_DOMAIN") or None
         return cls(Path(cert).resolve() if cert else None, Path(key).resolve() if key else None, domain,
-                   Acme.from_env(env) if domain else None, **limits)
+                   Acme.from_env(env) if domain else None, front_engine=env.get("RMA_FRONT_ENGINE") or None,
+                   **limits)
+
+    @property
+    def engine(self) -> str:
+        """The server the front door runs: RMA_FRONT_ENGINE, else Caddy for an ACME name (HAProxy 2.6 has
+        no ACME), else HAProxy where it is installed (it relays twice as fast), else Caddy (a pip package)."""
+        if self.front_engine is not None:
+            return self.front_engine
+        return "caddy" if self.domain or haproxy_path() is None else "haproxy"
 
     @property
     def tls(self) -> bool:
@@ -99,6 +122,11 @@ class Acme:
         return cls(Path(env.get("RMA_ACME_STORAGE") or home / "rma" / "acme").resolve(),
                    env.get("RMA_ACME_CA") or None, Path(root).resolve() if root else None,
                    env.get("RMA_ACME_EMAIL") or None)
+
+
+def haproxy_path() -> str | None:
+    """Debian's haproxy: on PATH, or in /usr/sbin, which an ordinary user's PATH leaves out."""
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 
 
 def _loopback(host: str) -> bool:

@@ -117,7 +117,7 @@ def coordinator_service(table: Callable[[], Any], gateway: GatewaySettings,
 
 def serve(app: RoutingApp, host: str, port: int, front: FrontSettings | None = None) -> None:
     """Run `app` on the lean server (uvloop) with the router's loops, until SIGINT or SIGTERM;
-    behind the front door (Caddy) where `front` says the listener needs it."""
+    behind the front door (HAProxy or Caddy) where `front` says the listener needs it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     front = front or FrontSettings()

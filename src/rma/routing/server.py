@@ -24,7 +24,7 @@ import httptools
 from starlette.types import ASGIApp, Message
 
 from rma.front import FrontDoor, FrontSettings
-from rma.front.caddy import CLOSE_CLIENT_HEADER, RELAYED_HEADER
+from rma.front.relay import CLOSE_CLIENT_HEADER, RELAYED_HEADER
 
 log = logging.getLogger("rma.routing")
 
@@ -39,7 +39,7 @@ SERVER_ERROR = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconn
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 RELAYED = RELAYED_HEADER.lower().encode()
 CLOSE_CLIENT_LINE = b"%s: 1\r\n" % CLOSE_CLIENT_HEADER.lower().encode()
-FRONT_HEADERS = frozenset({b"x-forwarded-host", b"via"})  # the rest of what Caddy adds to a relayed request
+FRONT_HEADERS = frozenset({b"x-forwarded-host", b"via"})  # what else Caddy adds (HAProxy adds none)
 
 
 class Request:
@@ -85,10 +85,10 @@ class Request:
         self.body: deque[bytes] = deque()
 
     def _from_front(self, headers: list[tuple[bytes, bytes]]) -> None:
-        """A request relayed by this process's own front door: its client and scheme are what Caddy set.
+        """A request relayed by this process's own front door: its client and scheme are what the front door set.
 
-        Caddy's forwarding headers are taken off, so the app sees the request as the client sent it;
-        an X-Forwarded-For the client itself sent (Caddy passes it as X-Rma-Relayed) is put back.
+        The front door's forwarding headers are taken off, so the app sees the request as the client sent it;
+        an X-Forwarded-For the client itself sent (passed as X-Rma-Relayed) is put back.
         """
         kept = []
         for name, value in headers:
@@ -202,7 +202,7 @@ class Request:
             lines.append(b"connection: close\r\n")
         if self.conn.behind_front and (closing or self is self.conn.parsing):
             # A body left unread ends the connection here; the front door must end the client's too, or
-            # it would read the rest of that body as requests (Connection is hop-by-hop: it stops at Caddy).
+            # it would read the rest of that body as requests (Connection is hop-by-hop: it stops at the front door).
             lines.append(CLOSE_CLIENT_LINE)
         lines.append(b"\r\n")
         return b"".join(lines)
@@ -214,7 +214,7 @@ class HttpProtocol(asyncio.Protocol):
     def __init__(self, app: ASGIApp, loop: asyncio.AbstractEventLoop, fast: FastForward | None = None,
                  behind_front: bool = False) -> None:
         self.app = app
-        self.behind_front = behind_front  # on the front door's private socket: Caddy relays every request
+        self.behind_front = behind_front  # on the front door's private socket: it relays every request
         self.fast = fast
         self.loop = loop
         self.parser = httptools.HttpRequestParser(self)
@@ -401,8 +401,9 @@ async def serve_forever(app: ASGIApp, host: str, port: int, stop: asyncio.Event,
     """Listen until `stop` is set; then stop accepting and close open connections.
 
     `fast`, where given, sees each request first and takes those it can forward itself. Where
-    `front` says the listener needs it (TLS, or an address other than loopback), Caddy listens on
-    host:port and this server on its private socket; should Caddy stop, so does this (exit 1).
+    `front` says the listener needs it (TLS, or an address other than loopback), the front door (HAProxy
+    or Caddy) listens on host:port and this server on its private socket; should it stop, so does this
+    (exit 1).
     """
     loop = asyncio.get_running_loop()
     front = front or FrontSettings()
@@ -421,5 +422,5 @@ async def serve_forever(app: ASGIApp, host: str, port: int, stop: asyncio.Event,
         await asyncio.wait([stopping, door.exited], return_when=asyncio.FIRST_COMPLETED)
         if not stopping.done():
             stopping.cancel()
-            log.error("the front door (caddy) stopped: %s", door.errors() or "no error logged")
+            log.error("the front door (%s) stopped: %s", door.engine, door.errors() or "no error logged")
             raise SystemExit(1)

@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) bench/tier1.py
 	$(PY) bench/services.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/hostile_documents.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

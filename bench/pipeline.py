@@ -37,8 +37,8 @@ from fpdf import FPDF
 
 from proxy_overhead import play_worker, wait_http
 from rma.services import DRIVERS
-from rma.services.apps.documents import parse_document
 from rma.services.apps.money_ner import analyse, load_pipeline, spacy_model
+from rma.services.apps.parsing import parse_document
 from rma.services.base import Context
 from rma.worker.process import free_port
 

@@ -43,6 +43,8 @@ def test_without_llm_inference_it_answers_503_saying_why(service: str) -> None:
     ({"notes": ["a list"], "client_name": "Sam"}, 400, "notes"),
     ({"notes": " \n - \n", "client_name": "Sam"}, 400, "no text"),
     ({"notes": "\n".join(f"Item {i}." for i in range(41)), "client_name": "Sam"}, 400, "at most 40"),
+    ({"notes": "Client owes " + "x" * 1_000, "client_name": "Sam"}, 400, "item 1 is 1,012 characters, at most 1,000"),
+    ({"notes": "\n".join("y" * 990 for _ in range(20)), "client_name": "Sam"}, 413, "10,700 tokens, at most 8,000"),
 ])
 def test_bad_input_is_a_400_that_says_what_is_wrong(service: str, body: dict[str, object], status: int,
                                                      says: str) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -162,5 +163,43 @@ def test_an_engine_that_loads_for_minutes_gets_its_catalogue_start_time(
         first = sup.status.pid
         await asyncio.sleep(1.5)
         assert (sup.status.state == State.STARTING and sup.status.pid == first) is still_loading
+
+    asyncio.run(supervised(sup, body))
+
+
+BUSY_SERVER = """
+import http.server, sys
+class Busy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(429)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Busy).serve_forever()
+"""
+
+
+class AlwaysBusy(ServiceDriver):
+    """document-processing whose /health always answers 429: alive, every work slot taken."""
+
+    name = "document-processing"
+    engines = ("pdf-docx",)
+    engine = "pdf-docx"
+
+    def launch(self, ctx: Context) -> Launch:
+        return Launch((sys.executable, "-c", BUSY_SERVER, str(ctx.port)))
+
+
+def test_a_busy_service_is_reported_unhealthy_but_never_restarted_for_it(placement: Placement) -> None:
+    """429 from a health check is a full app, not a stuck one: routed elsewhere (not healthy), left running."""
+    sup = Supervisor(AlwaysBusy(), placement, FAST)
+
+    async def body() -> None:
+        await until(lambda: sup.status.state == State.UNHEALTHY)
+        first = sup.status.pid
+        assert "busy" in sup.status.message
+        await asyncio.sleep(FAST.unhealthy_restart_s + 1)
+        assert (sup.status.state, sup.status.pid, sup.status.restarts) == (State.UNHEALTHY, first, 0)
 
     asyncio.run(supervised(sup, body))

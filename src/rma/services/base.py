@@ -28,6 +28,16 @@ from rma.front.settings import CA_FILE_VARIABLE, TlsCheck
 # A health probe that takes longer than this counts as a failure: a service too slow to
 # answer its health check is too slow to serve.
 HEALTH_TIMEOUT_S = 2.0
+# A health check answering this says the service is alive but has no free slot for more work
+# (rma.services.apps.common): not routed to, and not restarted for it.
+BUSY_STATUS = 429
+
+
+class Busy:
+    """What `ServiceDriver.healthy` returns for a service that is alive but busy (BUSY_STATUS)."""
+
+
+BUSY = Busy()
 
 # What every process the worker starts gets of the worker's own environment: where programs,
 # libraries and Python packages are, the home folder, locale (and LC_*), clock, temporary folder,
@@ -109,12 +119,13 @@ class ServiceDriver(ABC):
         passed = {name: ctx.env[name] for name in self.passes if name in ctx.env}
         return {**platform_env(platform), **passed, **launch.env}
 
-    async def healthy(self, ctx: Context) -> bool:
+    async def healthy(self, ctx: Context) -> bool | Busy:
         """Check the service as the catalogue says: an HTTP GET answering 2xx (over TLS where the service
-        serves it), or a TCP connect."""
+        serves it; BUSY_STATUS: BUSY), or a TCP connect."""
         check = self.service.health
         if check.protocol == "http":
-            return await http_ok(probe_host(ctx.host), ctx.port, check.path, self.tls_check(ctx))
+            status = await http_status(probe_host(ctx.host), ctx.port, check.path, self.tls_check(ctx))
+            return BUSY if status == BUSY_STATUS else 200 <= status < 300
         return await tcp_open(probe_host(ctx.host), ctx.port)
 
 
@@ -220,8 +231,8 @@ async def tcp_lines(host: str, port: int, send: bytes, count: int, tls: TlsCheck
         await _closed(writer)
 
 
-async def http_ok(host: str, port: int, path: str, tls: TlsCheck | None = None) -> bool:
-    """GET `path` on a fresh connection: a 2xx status means healthy.
+async def http_status(host: str, port: int, path: str, tls: TlsCheck | None = None) -> int:
+    """GET `path` on a fresh connection: the answer's status, 0 for none.
 
     A plain request line rather than an HTTP client: a client built per check (TLS context
     and all) cost a volunteer's machine several percent of a core for the agent alone.
@@ -230,7 +241,12 @@ async def http_ok(host: str, port: int, path: str, tls: TlsCheck | None = None) 
     request = f"GET {path} HTTP/1.1\r\nHost: {url_host}:{port}\r\nConnection: close\r\n\r\n".encode()
     status = await tcp_lines(host, port, request, 1, tls)
     parts = status[0].split() if status else []
-    return len(parts) >= 2 and parts[1].startswith(b"2")
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+
+
+async def http_ok(host: str, port: int, path: str, tls: TlsCheck | None = None) -> bool:
+    """GET `path` on a fresh connection: a 2xx status means healthy."""
+    return 200 <= await http_status(host, port, path, tls) < 300
 
 
 async def _closed(writer: asyncio.StreamWriter) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from rma import catalog
 from rma.services import seaweedfs
-from rma.services.base import LOCATION_VARIABLES, Context, Launch, ServiceDriver, require_secret
+from rma.services.base import LOCATION_VARIABLES, Busy, Context, Launch, ServiceDriver, require_secret
 
 ROOT_USER = catalog.get("minio").engine("seaweedfs").user  # the access key on either engine
 DATA = "data"
@@ -42,7 +42,7 @@ class Minio(ServiceDriver):
             cwd=ctx.data_dir,
         )
 
-    async def healthy(self, ctx: Context) -> bool:
+    async def healthy(self, ctx: Context) -> bool | Busy:
         if ctx.engine == seaweedfs.ENGINE:
             return await seaweedfs.healthy(ctx, ROOT_USER)
         return await super().healthy(ctx)

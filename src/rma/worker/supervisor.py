@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
-from rma.services.base import Context, ServiceDriver
+from rma.services.base import BUSY, Context, ServiceDriver
 from rma.worker.process import choose_port, end_tree, reap_group, spawn
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,10 @@ class Supervisor:
                 now = loop.time()
                 if proc.returncode is not None:
                     return f"exited with code {proc.returncode}", was_healthy
-                if ok:
+                if ok is BUSY:  # alive, every slot taken: routed elsewhere meanwhile, never restarted for it
+                    was_healthy, bad_since = True, None
+                    self._set(State.UNHEALTHY, "busy: every work slot is taken")
+                elif ok:
                     was_healthy, bad_since = True, None
                     self._set(State.HEALTHY)
                 elif not was_healthy:

@@ -3,16 +3,20 @@
 The model loads in a thread after the server binds, so /health can say "loading" (503) instead of
 refusing connections, and turns 200 only once the model answers. A model that fails to load ends
 the process with the reason in the log: the supervisor restarts it and, after a crash loop, the
-coordinator places the service elsewhere.
+coordinator places the service elsewhere. An app whose every work slot has been taken for a while
+says "busy" (429): the routers send the next request elsewhere, and the supervisor, seeing it
+alive, does not restart it. Any error, even one nobody foresaw, is answered as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Generic, TypeVar
@@ -23,12 +27,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from rma.body_limit import BodyLimit
+from rma.services.base import BUSY_STATUS
 
 log = logging.getLogger("rma.apps")
 
 T = TypeVar("T")
 # Exit status of an app whose model could not load: distinct from a crash in the server itself.
 LOAD_FAILED_EXIT = 3
+BUSY_AFTER_S = 2.0  # every slot taken this long: /health says busy
 
 
 class ApiError(Exception):
@@ -70,6 +76,39 @@ class Loaded(Generic[T]):
         return self.value
 
 
+class Slots:
+    """At most `count` requests do heavy work at once; another waits for a slot up to `wait_s`, then gets 503.
+
+    `busy_for()` is how long every slot has been taken (0 when one is free), which /health reports.
+    """
+
+    def __init__(self, count: int, wait_s: float, what: str) -> None:
+        self.count, self.wait_s, self.what = count, wait_s, what
+        self._free = asyncio.Semaphore(count)
+        self.taken = 0
+        self._full_since: float | None = None
+
+    @asynccontextmanager
+    async def take(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._free.acquire(), self.wait_s)
+        except TimeoutError:
+            raise ApiError(503, f"all {self.count} {self.what} slots stayed busy for {self.wait_s:g} s: "
+                                "try again, or another replica") from None
+        self.taken += 1
+        if self.taken == self.count:
+            self._full_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.taken -= 1
+            self._full_since = None
+            self._free.release()
+
+    def busy_for(self) -> float:
+        return 0.0 if self._full_since is None else time.monotonic() - self._full_since
+
+
 def api_app(title: str, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
             max_body_bytes: int) -> FastAPI:
     """An app with JSON errors and a request body limit; its /health is the caller's to add."""
@@ -85,13 +124,20 @@ def api_app(title: str, lifespan: Callable[[FastAPI], AbstractAsyncContextManage
         param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
         return error_response(400, f"{param or 'body'}: {first.get('msg', 'invalid request')}", param)
 
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        reason = uuid.uuid4().hex[:12]
+        log.error("%s: unexpected error (reason %s)", title, reason, exc_info=exc)
+        return error_response(500, f"unexpected error (reason {reason}, in the service's log)")
+
     app.add_middleware(BodyLimit, limit=max_body_bytes,
                        error_body=lambda message: bytes(error_response(413, message).body))
     return app
 
 
-def build_app(title: str, model: Loaded[T], max_body_bytes: int) -> FastAPI:
-    """An app with /health tied to `model`, JSON errors, and a request body limit."""
+def build_app(title: str, model: Loaded[T], max_body_bytes: int, slots: Slots | None = None) -> FastAPI:
+    """An app with /health tied to `model` (and to `slots`, where heavy work takes one), JSON errors, and a
+    request body limit."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -105,6 +151,9 @@ def build_app(title: str, model: Loaded[T], max_body_bytes: int) -> FastAPI:
         if model.value is None:
             waited = time.monotonic() - model.since
             return JSONResponse({"status": "loading", "reason": f"{model.what} loading for {waited:.0f}s"}, 503)
+        if slots is not None and slots.busy_for() > BUSY_AFTER_S:
+            return JSONResponse({"status": "busy", "reason": f"all {slots.count} {slots.what} slots busy for "
+                                                             f"{slots.busy_for():.0f}s"}, BUSY_STATUS)
         return JSONResponse({"status": "ok", "model": model.what})
 
     return app

@@ -24,6 +24,10 @@ from rma.services.apps.peers import Peers, PeerUnavailable
 LLM = "llm-inference"
 MAX_NOTES_CHARS = 20_000
 MAX_ITEMS = 40
+MAX_ITEM_CHARS = 1_000  # one note: a long paragraph; past it the adviser should split it
+# llm-inference's tokens one letter may ask for (each note's first try; a retry asks the same again): a CPU
+# replica writes ~50 tokens a second, so this bounds a letter's first pass to a few minutes of one replica.
+MAX_LETTER_TOKENS = 8_000
 MAX_BODY_BYTES = 256 << 10
 TEMPERATURES = (0.0, 0.3, 0.6, 0.9)  # one try each: the first is the model's best guess
 PARALLEL = 4  # items in flight at once; the load balancer spreads them over the replicas
@@ -92,7 +96,7 @@ class Drafter:
         last: list[str] = []
         for tries, temperature in enumerate(TEMPERATURES, start=1):
             answer = await self._call("POST", f"{base}/v1/completions", {
-                "model": model, "prompt": prompt(note), "max_tokens": 40 + len(note.text) // 2,
+                "model": model, "prompt": prompt(note), "max_tokens": tokens_for(note),
                 "temperature": temperature, "seed": tries, "stop": ["\n"]})
             text = str(answer["choices"][0].get("text", "")).strip()
             last = problems(note.facts, text) if text else ["gave no text"]
@@ -107,6 +111,14 @@ class Drafter:
             raise ApiError(400, "notes: no text to turn into a letter", "notes")
         if len(notes) > MAX_ITEMS:
             raise ApiError(400, f"notes: {len(notes)} items, at most {MAX_ITEMS} per letter", "notes")
+        for number, note in enumerate(notes, start=1):
+            if len(note.text) > MAX_ITEM_CHARS:
+                raise ApiError(400, f"notes: item {number} is {len(note.text):,} characters, at most "
+                                    f"{MAX_ITEM_CHARS:,}: split it", "notes")
+        tokens = sum(tokens_for(note) for note in notes)
+        if tokens > MAX_LETTER_TOKENS:
+            raise ApiError(413, f"notes: the letter would ask {LLM} for {tokens:,} tokens, at most "
+                                f"{MAX_LETTER_TOKENS:,}: send fewer or shorter notes", "notes")
         base, model = await self._llm()
         gate = asyncio.Semaphore(PARALLEL)
 
@@ -120,6 +132,11 @@ class Drafter:
             sections[note.section].append(text)
         return {**sections, "full_text": letter(request.client_name.strip(), sections), "model": model,
                 "tries": sum(tries for _, tries in worded)}
+
+
+def tokens_for(note: Note) -> int:
+    """The most tokens a rewording of `note` may take: a sentence or two more than the note itself."""
+    return 40 + len(note.text) // 2
 
 
 def prompt(note: Note) -> str:

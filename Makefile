@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(PY) bench/services.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/hostile_documents.py
+	$(PY) bench/ner_linear.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

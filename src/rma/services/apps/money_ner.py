@@ -1,7 +1,7 @@
 """Money-advice entities on top of spaCy's English pipeline: the parts ner-extraction runs in its worker processes.
 
 spaCy's statistical NER misses what an adviser needs most: it tags "£412.50" as MONEY "412.50"
-(dropping the sign), calls creditors and benefits ORG, and knows no debt types. An entity ruler
+(dropping the sign), calls creditors and benefits ORG, and knows no debt types. A span ruler
 placed after the NER fixes those spans (its matches win where they overlap the model's), a small
 component tags the number after "account number" / "reference" (the model calls it a DATE), and
 `relations` reads "X owes £Y to Z" off the dependency parse where a sentence states it.
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,6 +50,9 @@ CREDITORS = (
 CREDITOR_SUFFIXES = ("Council", "Bank", "Energy", "Water", "Finance", "Financial", "Loans", "Collections",
                      "Recoveries", "Enforcement", "Solicitors", "Homes", "Housing")
 COMPANY_ENDINGS = ("ltd", "ltd.", "limited", "plc", "llp")  # part of the creditor's name: "Lowell Financial Ltd"
+# Proper nouns before a suffix, at most: "Bath North East Somerset Council" has 4. An unbounded run made the ruler's
+# matcher keep a state per proper noun so far, so "Smith " * 4000 cost time in the square of its length (68 s).
+MAX_NAME_WORDS = 6
 DEBT_TYPES = (
     "council tax", "council tax arrears", "rent arrears", "water rates", "credit card", "store card", "payday loan",
     "personal loan", "secured loan", "logbook loan", "guarantor loan", "doorstep loan", "home credit",
@@ -69,11 +74,19 @@ BENEFITS = (
 AMOUNT = r"^\d[\d,]*(\.\d+)?(k|m|bn|p)?$"
 REFERENCE = r"^(?=.*\d)[A-Za-z0-9/-]{4,}$"  # a reference has a digit: "account number 12345678", "ref LW-2291"
 SCALE_WORDS = ("k", "m", "million", "bn", "billion", "thousand")
+# Characters without whitespace that spaCy's tokenizer takes in one piece: no word is longer (see bounded_tokenizer).
+MAX_RUN = 100
+RUN = re.compile(r"\S+")
 REFERENCE_CUES = (["account", "number"], ["account", "no"], ["account", "no."], ["account"], ["reference"],
                   ["ref"], ["ref."], ["reference", "number"], ["customer", "number"])
 # Entities that can be the creditor of a debt; a pronoun ("them") names no one, so it never is.
 PARTY_LABELS = frozenset({"CREDITOR", "ORG", "PERSON", "GPE", "NORP", "FAC"})
 OWE_FORMS = frozenset({"owe", "owes", "owed", "owing"})
+# Tokens either side of "owe" that relations reads for the amount, creditor and debt type: a clause's reach, so
+# a run-on text of thousands of "owes" costs time in proportion to its length.
+REACH = 40
+
+OVERWRITE = "rma.money_advice_overwrite.v1"  # the ruler's ents_filter, in spaCy's registry
 
 _process_pipeline: Any = None  # in a pool process: the pipeline load_into_process loaded
 
@@ -118,8 +131,8 @@ def ruler_patterns(tokens: Callable[[str], Iterable[str]]) -> list[dict[str, Any
     company = {"LOWER": {"IN": list(COMPANY_ENDINGS)}, "OP": "?"}
     patterns += [{"label": "CREDITOR", "pattern": [*({"ORTH": token} for token in tokens(name)), company]}
                  for name in CREDITORS]
-    patterns += [{"label": "CREDITOR", "pattern": [{"POS": "PROPN", "OP": "+"}, {"ORTH": suffix}, company]}
-                 for suffix in CREDITOR_SUFFIXES]
+    patterns.append({"label": "CREDITOR", "pattern": [{"POS": "PROPN", "OP": f"{{1,{MAX_NAME_WORDS}}}"},
+                                                      {"ORTH": {"IN": list(CREDITOR_SUFFIXES)}}, company]})
     patterns += [{"label": "DEBT_TYPE", "pattern": phrase.lower()} for phrase in DEBT_TYPES]
     patterns += [{"label": "DEBT_TYPE", "pattern": [{"LOWER": word, "POS": "NOUN"}]} for word in DEBT_NOUNS]
     patterns += [{"label": "BENEFIT", "pattern": name.lower()} for name in BENEFITS]
@@ -130,23 +143,59 @@ def load_pipeline(model: str) -> Any:
     """spaCy's pipeline `model` with the money-advice ruler and the reference tagger after its NER."""
     import spacy
     from spacy.language import Language
-    from spacy.pipeline import EntityRuler
+    from spacy.pipeline import SpanRuler
+    from spacy.util import registry
 
     nlp = spacy.load(model, exclude=["lemmatizer"])
-    ruler = cast(EntityRuler, nlp.add_pipe("entity_ruler", name="money_advice", after="ner",
-                                           config={"phrase_matcher_attr": "LOWER", "overwrite_ents": True}))
-    ruler.add_patterns(ruler_patterns(lambda text: [token.text for token in nlp.make_doc(text)]))
-    if not Language.has_factory("account_refs"):  # registered once per process, however many pipelines load
+    nlp.tokenizer = bounded_tokenizer(nlp.tokenizer)
+    if OVERWRITE not in registry.misc:  # registered once per process, however many pipelines load
+        registry.misc.register(OVERWRITE, func=lambda: overwrite)
+    if not Language.has_factory("account_refs"):
         Language.factory("account_refs", func=reference_tagger)
+    ruler = cast(SpanRuler, nlp.add_pipe("span_ruler", name="money_advice", after="ner", config={
+        "spans_key": None, "annotate_ents": True, "overwrite": False, "ents_filter": {"@misc": OVERWRITE},
+        "phrase_matcher_attr": "LOWER"}))
+    ruler.add_patterns(ruler_patterns(lambda text: [token.text for token in nlp.make_doc(text)]))
     nlp.add_pipe("account_refs", after="money_advice")
     return nlp
+
+
+def overwrite(entities: Iterable[Any], spans: Iterable[Any]) -> list[Any]:
+    """`spans` (longest first where they overlap) in place of the entities they overlap: the ruler's matches win.
+
+    What EntityRuler's overwrite_ents does, in linear time: it (and SpanRuler's own filter) rescans every
+    entity for each span kept, time in the square of the text's length.
+    """
+    from spacy.util import filter_spans
+
+    kept = filter_spans(spans)
+    covered = {i for item in kept for i in range(item.start, item.end)}
+    return [ent for ent in entities if covered.isdisjoint(range(ent.start, ent.end))] + kept
+
+
+def bounded_tokenizer(tokenizer: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`tokenizer`, handed each run of over MAX_RUN characters without whitespace in MAX_RUN-character pieces.
+
+    spaCy strips a run's prefixes and suffixes one at a time, each time searching and copying the rest of
+    it, so a run of emoji or punctuation costs time in the square of its length (20,000 emoji: 73 s).
+    In pieces it costs time in proportion; text without such a run is tokenized as before.
+    """
+    from spacy.tokens import Doc
+
+    def tokenize(text: str) -> Any:
+        cuts = [cut for run in RUN.finditer(text) for cut in range(run.start() + MAX_RUN, run.end(), MAX_RUN)]
+        if not cuts:
+            return tokenizer(text)
+        bounds = [0, *cuts, len(text)]
+        return Doc.from_docs([tokenizer(text[start:end]) for start, end in pairwise(bounds)], ensure_whitespace=False)
+
+    return tokenize
 
 
 def reference_tagger(nlp: Any, name: str) -> Callable[[Any], Any]:
     """The number after "account number" or "reference" is an ACCOUNT_REF, not the DATE the model says."""
     from spacy.matcher import Matcher
     from spacy.tokens import Span
-    from spacy.util import filter_spans
 
     matcher = Matcher(nlp.vocab)
     for cue in REFERENCE_CUES:
@@ -156,8 +205,7 @@ def reference_tagger(nlp: Any, name: str) -> Callable[[Any], Any]:
     def tag(doc: Any) -> Any:
         found = [Span(doc, end - 1, end, label="ACCOUNT_REF") for _, _, end in matcher(doc)]
         if found:
-            kept = [ent for ent in doc.ents if not any(ent.start < f.end and f.start < ent.end for f in found)]
-            doc.ents = filter_spans(kept + found)
+            doc.ents = sorted(overwrite(doc.ents, found))
         return doc
 
     return tag
@@ -173,63 +221,110 @@ def entities(doc: Any) -> list[dict[str, Any]]:
 
 def relations(doc: Any) -> list[dict[str, Any]]:
     """"X owes £Y to Z" (also "owes Z £Y", "£Y is owed to Z", "a debt of £Y owed to Z") as
-    {debtor, amount, creditor, debt_type}; only where the sentence names both the amount and the creditor."""
+    {debtor, amount, creditor, debt_type}; only where the sentence names both the amount and the creditor
+    within REACH tokens of the verb."""
+    verbs = [token for token in doc if token.lower_ in OWE_FORMS]
+    if not verbs:
+        return []
+    tree = _Tree(doc)
     entity_at = {token.i: ent for ent in doc.ents for token in ent}
+    rooted = {ent.root.i: ent for ent in doc.ents if ent.label_ in ("MONEY", "DEBT_TYPE")}
     found = []
-    for verb in doc:
-        if verb.lower_ not in OWE_FORMS:
+    for verb in verbs:
+        scope = verb.head.i if verb.dep_ in ("acl", "relcl") else verb.i
+        amount = next((rooted[i] for i in _nearest(verb.i, len(doc))
+                       if i in rooted and rooted[i].label_ == "MONEY" and tree.under(scope, i)), None)
+        creditor = _creditor(doc, verb, tree, entity_at) if amount is not None else None
+        if creditor is None:
             continue
-        scope = verb.head if verb.dep_ in ("acl", "relcl") else verb
-        amounts = [ent for ent in doc.ents
-                   if ent.label_ == "MONEY" and (ent.root == scope or scope.is_ancestor(ent.root))]
-        creditor = _creditor(verb, entity_at)
-        if not amounts or creditor is None:
-            continue
-        amount = min(amounts, key=lambda ent: abs(ent.root.i - verb.i))
-        debtor = next((child for child in verb.children if child.dep_ in ("nsubj", "agent")), None)
+        debtor = next((doc[child] for child in tree.children[verb.i] if doc[child].dep_ in ("nsubj", "agent")), None)
         if debtor is not None and debtor.dep_ == "agent":
-            debtor = next((child for child in debtor.children if child.dep_ == "pobj"), None)
-        kinds = [ent for ent in doc.ents if ent.label_ == "DEBT_TYPE" and scope.is_ancestor(ent.root)]
+            debtor = next((doc[child] for child in tree.children[debtor.i] if doc[child].dep_ == "pobj"), None)
+        kind = next((rooted[i] for i in range(max(0, verb.i - REACH), min(len(doc), verb.i + REACH + 1))
+                     if i in rooted and rooted[i].label_ == "DEBT_TYPE" and i != scope and tree.under(scope, i)), None)
         found.append({
-            "debtor": span(_phrase(debtor, entity_at)) if debtor is not None else None,
+            "debtor": span(_phrase(debtor, tree, entity_at)) if debtor is not None else None,
             "amount": span(amount),
             "creditor": span(creditor),
-            "debt_type": span(kinds[0]) if kinds else None,
+            "debt_type": span(kind) if kind is not None else None,
         })
     return found
 
 
-def _creditor(verb: Any, entity_at: Mapping[int, Any]) -> Any:
+class _Tree:
+    """A parse's heads as lists, read once per text, so that each question `relations` asks costs constant time.
+
+    spaCy's tokens walk the tree to answer (`is_ancestor` climbs to the root, `lefts` scans to the subtree's
+    edge, `subtree` visits all of it): asked for each "owe" of a run-on text, time in the square of its length.
+    """
+
+    def __init__(self, doc: Any) -> None:
+        heads = [token.head.i for token in doc]
+        self.children: list[list[int]] = [[] for _ in heads]
+        for i, head in enumerate(heads):
+            if head != i:
+                self.children[head].append(i)
+        order: list[int] = []  # depth first: each token before the tokens below it
+        stack = [i for i in reversed(range(len(heads))) if heads[i] == i]
+        while stack:
+            i = stack.pop()
+            order.append(i)
+            stack.extend(reversed(self.children[i]))
+        self.rank = [0] * len(heads)
+        for rank, i in enumerate(order):
+            self.rank[i] = rank
+        self.size = [1] * len(heads)  # tokens in each token's subtree, itself included
+        for i in reversed(order):
+            if heads[i] != i:
+                self.size[heads[i]] += self.size[i]
+        verbal = [token.pos_ in ("VERB", "AUX") for token in doc]
+        # The nearest verb above each token, else its sentence's root: a "to" under another verb is another clause's.
+        self.clause = list(range(len(heads)))
+        for i in order:
+            head = heads[i]
+            if head != i:
+                self.clause[i] = head if verbal[head] or heads[head] == head else self.clause[head]
+
+    def under(self, top: int, i: int) -> bool:
+        """Whether token i is `top` or below it."""
+        return self.rank[top] <= self.rank[i] < self.rank[top] + self.size[top]
+
+
+def _nearest(i: int, length: int) -> Iterator[int]:
+    """The positions within REACH of token i, nearest first (of two as near, the earlier)."""
+    yield i
+    for step in range(1, REACH + 1):
+        if i - step >= 0:
+            yield i - step
+        if i + step < length:
+            yield i + step
+
+
+def _creditor(doc: Any, verb: Any, tree: _Tree, entity_at: Mapping[int, Any]) -> Any:
     """Who is owed: the object of "to" ("owes £5 to Z", "owes £5 in rent to Z"), or the indirect object
     ("owes Z £5"); looked for in the verb's own clause, nearest first."""
-    for token in sorted(verb.subtree, key=lambda t: abs(t.i - verb.i)):
-        if _clause_verb(token) != verb:
+    for i in _nearest(verb.i, len(doc)):
+        if tree.clause[i] != verb.i:
             continue
+        token = doc[i]
         target = None
         if token.dep_ in ("prep", "dative") and token.lower_ == "to":
-            target = next((child for child in token.children if child.dep_ == "pobj"), None)
+            target = next((doc[child] for child in tree.children[i] if doc[child].dep_ == "pobj"), None)
         elif token.dep_ == "dative" and token.head == verb:
             target = token
         if target is not None and target.pos_ != "PRON":
             ent = entity_at.get(target.i)
             if ent is None or ent.label_ in PARTY_LABELS:
-                return _phrase(target, entity_at)
+                return _phrase(target, tree, entity_at)
     return None
 
 
-def _clause_verb(token: Any) -> Any:
-    """The nearest verb above `token`: a "to" under another verb belongs to another clause."""
-    head = token.head
-    while head.pos_ not in ("VERB", "AUX") and head.head != head:
-        head = head.head
-    return head
-
-
-def _phrase(token: Any, entity_at: Mapping[int, Any]) -> Any:
+def _phrase(token: Any, tree: _Tree, entity_at: Mapping[int, Any]) -> Any:
     """The entity `token` is part of, else the token with its compound and name modifiers ("Mrs Smith")."""
     if token.i in entity_at:
         return entity_at[token.i]
-    first = min([token.i] + [child.i for child in token.lefts if child.dep_ in ("compound", "amod", "poss", "det")])
+    first = min([token.i] + [child for child in tree.children[token.i]
+                             if child < token.i and token.doc[child].dep_ in ("compound", "amod", "poss", "det")])
     return token.doc[first:token.i + 1]
 
 

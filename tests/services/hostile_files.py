@@ -85,9 +85,13 @@ def flate_bomb_pdf(inflated: int = 512 * 2**20) -> bytes:
     """A one-page PDF whose content stream inflates to `inflated` bytes of spaces, from ~500 KB."""
     compressor = zlib.compressobj(9)
     stream = b"".join(compressor.compress(block) for block in repeated(b" ", inflated)) + compressor.flush()
+    return one_page_pdf(b"<</Length %d/Filter/FlateDecode>>\nstream\n%s\nendstream" % (len(stream), stream))
+
+
+def one_page_pdf(contents: bytes) -> bytes:
+    """A PDF written by hand around one page whose content stream object is `contents` (object 4)."""
     objects = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
-               b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 612 792]/Contents 4 0 R>>",
-               b"<</Length %d/Filter/FlateDecode>>\nstream\n%s\nendstream" % (len(stream), stream)]
+               b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 612 792]/Contents 4 0 R>>", contents]
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n")
     offsets = []

@@ -24,6 +24,7 @@ from rma.services import DRIVERS
 from rma.services.apps.documents import error_message
 from rma.services.base import Context
 from services.driven import driven_service
+from services.hostile_files import one_page_pdf
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 LETTER = ("British Gas", "Account number: 12345678", "", "Dear Ms Patel,",
@@ -183,19 +184,7 @@ def test_a_pdf_locked_only_by_its_owner_opens_like_any_reader_opens_it(service: 
 
 def bogus_filter_pdf() -> bytes:
     """A one-page PDF whose content stream names a filter no reader knows (pypdf: NotImplementedError)."""
-    objects = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
-               b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 612 792]/Contents 4 0 R>>",
-               b"<</Length 5/Filter/Bogus>>\nstream\nhello\nendstream"]
-    out, offsets = io.BytesIO(b"%PDF-1.4\n"), []
-    out.seek(0, io.SEEK_END)
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    out.writelines(b"%010d 00000 n \n" % offset for offset in offsets)
-    out.write(b"trailer\n<</Size %d/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-    return out.getvalue()
+    return one_page_pdf(b"<</Length 5/Filter/Bogus>>\nstream\nhello\nendstream")
 
 
 def word_file() -> bytes:

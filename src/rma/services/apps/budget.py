@@ -2,7 +2,7 @@
 
 A parse of an uploaded file runs in a child forked for it (the parsers are already imported, so a
 fork costs milliseconds). The child's CPU time and address space are capped (`resource.setrlimit`:
-the address space catches a large allocation at once), its resident memory is watched (what grows
+the address space catches a large allocation at once), its resident heap is watched (what grows
 inside memory the allocator had already reserved shows only there), and it is killed at its
 wall-clock deadline or past its memory. Whatever it allocated goes back to the system when it ends,
 so a bomb can neither stall the app nor leave it gigabytes larger. Each limit it hits is a 4xx
@@ -46,19 +46,23 @@ class Budget:
         return {"memory_mb": self.memory_mb, "cpu_s": self.cpu_s, "wall_s": self.wall_s}
 
 
-def _memory(pid: int | str = "self", field: int = 0) -> int:
-    """A process's virtual size (field 0) or resident memory (field 1) in bytes; 0 once it is gone."""
+def _memory(pid: int | str = "self") -> tuple[int, int]:
+    """A process's virtual size and its resident anonymous memory (its own heap, not files mapped in), in bytes;
+    zeros once it is gone. A forked child starts with its parent's anonymous pages (shared until written), but
+    not always with its file pages in its count, so only the anonymous ones compare."""
     try:
         with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
+            size, resident, file_backed = (int(field) for field in statm.read().split()[:3])
+    except (OSError, ValueError):
+        return 0, 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    return size * page, (resident - file_backed) * page
 
 
 def _child(work: Callable[[A], T], argument: A, budget: Budget, out: Connection) -> None:
     """In the forked child: cap itself, do the work, send ("ok", result) or what stopped it; never return."""
     try:
-        limit = _memory() + budget.memory_mb * 2**20
+        limit = _memory()[0] + budget.memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CPU, (budget.cpu_s, budget.cpu_s + 1))
         try:
@@ -88,7 +92,7 @@ def run_bounded(work: Callable[[A], T], argument: A, budget: Budget, what: str) 
     receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
     child = multiprocessing.get_context("fork").Process(target=_child, args=(work, argument, budget, send),
                                                         daemon=True)
-    shared = _memory(field=1)  # the child starts with the parent's pages, counted in its resident memory too
+    shared = _memory()[1]  # the child starts with the parent's anonymous pages, counted in its memory too
     deadline = time.monotonic() + budget.wall_s
     child.start()
     send.close()
@@ -99,7 +103,7 @@ def run_bounded(work: Callable[[A], T], argument: A, budget: Budget, what: str) 
             if time.monotonic() > deadline:
                 raise ApiError(422, f"{what} took longer than {budget.wall_s:g} s, the limit for one request",
                                "file")
-            if _memory(pid, field=1) - shared > budget.memory_mb * 2**20:
+            if _memory(pid)[1] - shared > budget.memory_mb * 2**20:
                 raise _over_memory(what, budget)
         try:
             kind, value = receive.recv()

@@ -27,6 +27,9 @@ MAX_DOCX_ELEMENTS = 1_000_000
 SUPPORTED = "send a PDF, a Word document (DOCX) or plain text"
 INLINE_IMAGE = re.compile(rb"(^|\s)BI\s")  # an image written into the page's content stream
 PAGE_RULE = "\n\n---\n\n"  # between pages in the markdown
+# What a damaged ZIP or deflate stream raises (in a DOCX, or a PDF's Flate stream): a broken archive, a corrupted
+# deflate stream, a compression method or /Filter no reader here implements, a stream cut short.
+BROKEN_STREAM = (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError)
 
 
 @dataclass
@@ -133,10 +136,9 @@ def parse_pdf(data: bytes) -> Parsed:
         metadata = pdf_metadata(reader)
     except ApiError:
         raise
-    # pypdf reports a malformed file through any of these, depending on where it breaks (an unknown
-    # /Filter is NotImplementedError, a broken Flate stream zlib.error).
+    # pypdf reports a malformed file through any of these, depending on where it breaks.
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError,
-            RecursionError, OSError, zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError) as exc:
+            RecursionError, OSError, *BROKEN_STREAM) as exc:
         raise ApiError(400, f"corrupt PDF: {type(exc).__name__}: {exc}", "file") from exc
     return Parsed("pdf", pages, {**metadata, "encrypted": reader.is_encrypted})
 
@@ -214,9 +216,7 @@ def parse_docx(data: bytes) -> Parsed:
         document = docx.Document(io.BytesIO(data))
         texts, markdown = docx_blocks(document)
         metadata = docx_metadata(document)
-    # A corrupted deflate stream is zlib.error, a ZIP compression method Python lacks NotImplementedError.
-    except (PackageNotFoundError, KeyError, zipfile.BadZipFile, SyntaxError, TypeError, AttributeError,
-            zlib.error, NotImplementedError, EOFError) as exc:
+    except (PackageNotFoundError, KeyError, SyntaxError, TypeError, AttributeError, *BROKEN_STREAM) as exc:
         raise ApiError(400, f"corrupt Word document: {type(exc).__name__}: {exc}", "file") from exc
     except ValueError as exc:  # python-docx's word for "a Word file of another kind" (.docm, .dotx)
         raise ApiError(415, f"not a Word document python-docx reads: {exc}; {SUPPORTED}", "file") from exc
@@ -238,7 +238,7 @@ def xml_elements(data: bytes, chunk: int = 2**20) -> int:
                         count += block.count(b"<") - block.count(b"</") - block.count(b"<?")
                         if count > MAX_DOCX_ELEMENTS:
                             return count
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, ValueError) as exc:
+    except (*BROKEN_STREAM, ValueError) as exc:
         raise ApiError(400, f"corrupt Word document: {type(exc).__name__}: {exc}", "file") from exc
     return count
 

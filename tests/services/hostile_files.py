@@ -1,13 +1,14 @@
 """Hostile documents made on the spot (no downloads): bombs, a slow but honest file, and a seeded mutation fuzzer.
 
-Shared by tests/services/test_hostile_documents.py and bench/hostile_documents.py, which prints what each
-costs the app in time and memory.
+Shared by tests/services/test_hostile_documents.py, tests/services/test_tier1_ocr.py and
+bench/hostile_documents.py, which prints what each costs the app in time and memory.
 """
 
 from __future__ import annotations
 
 import io
 import random
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -84,14 +85,17 @@ def long_docx(paragraphs: int = 50_000) -> bytes:
 def flate_bomb_pdf(inflated: int = 512 * 2**20) -> bytes:
     """A one-page PDF whose content stream inflates to `inflated` bytes of spaces, from ~500 KB."""
     compressor = zlib.compressobj(9)
-    stream = b"".join(compressor.compress(block) for block in repeated(b" ", inflated)) + compressor.flush()
-    return one_page_pdf(b"<</Length %d/Filter/FlateDecode>>\nstream\n%s\nendstream" % (len(stream), stream))
+    deflated = b"".join(compressor.compress(block) for block in repeated(b" ", inflated)) + compressor.flush()
+    return one_page_pdf(stream(b"/Filter/FlateDecode", deflated))
 
 
-def one_page_pdf(contents: bytes) -> bytes:
-    """A PDF written by hand around one page whose content stream object is `contents` (object 4)."""
-    objects = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
-               b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 612 792]/Contents 4 0 R>>", contents]
+def stream(entries: bytes, data: bytes) -> bytes:
+    """A PDF stream object holding `data` (as is) with dictionary `entries`."""
+    return b"<</Length %d %s>>\nstream\n%s\nendstream" % (len(data), entries, data)
+
+
+def pdf_file(objects: list[bytes]) -> bytes:
+    """A PDF written by hand: `objects` numbered from 1 (the catalog), with a correct cross-reference table."""
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n")
     offsets = []
@@ -103,6 +107,66 @@ def one_page_pdf(contents: bytes) -> bytes:
     out.writelines(b"%010d 00000 n \n" % offset for offset in offsets)
     out.write(b"trailer\n<</Size %d/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
     return out.getvalue()
+
+
+def one_page_pdf(contents: bytes, size: tuple[float, float] = (612, 792), resources: bytes = b"",
+                 more: tuple[bytes, ...] = ()) -> bytes:
+    """A PDF of one page, `size` points, whose content stream object is `contents` (object 4), with Helvetica
+    as /F1 (object 5) among its `resources`; `more` are objects 6 on, for `resources` to name."""
+    width, height = (str(side).encode() for side in size)
+    return pdf_file([b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+                     b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %s %s]/Contents 4 0 R"
+                     b"/Resources<</Font<</F1 5 0 R>> %s>>>>" % (width, height, resources), contents,
+                     b"<</Type/Font/Subtype/Type1/BaseFont/Helvetica>>", *more])
+
+
+def drawing_pdf(drawing: bytes, size: tuple[float, float] = (612, 792), resources: bytes = b"",
+                more: tuple[bytes, ...] = ()) -> bytes:
+    """A one-page PDF whose page draws `drawing` (content operators, Flate-compressed here)."""
+    return one_page_pdf(stream(b"/Filter/FlateDecode", zlib.compress(drawing)), size, resources, more)
+
+
+TOTAL_LINE = b"BT /F1 48 Tf 72 72 Td (Total 412.50) Tj ET"  # what OCR reads back as "Total 412.50"
+
+
+def png_declaring(width: int, height: int, rows: int = 16) -> bytes:
+    """A PNG whose header declares `width` x `height` grey pixels but holds `rows` rows of zeros: a ~1 KB bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = zlib.compress(bytes(1 + width) * rows, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def tiff_of_frames(frames: int = 150_000) -> bytes:
+    """A 17 MB TIFF of 150,000 one-pixel frames: Pillow's n_frames walks them all, in minutes."""
+    entries = struct.pack("<H", 9) + b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in (
+        (256, 1), (257, 1), (258, 1), (259, 1), (262, 1), (273, 8), (277, 1), (278, 1), (279, 1)))
+    step = len(entries) + 4
+    return b"II*\0" + struct.pack("<I", 16) + bytes(8) + b"".join(
+        entries + struct.pack("<I", 16 + (i + 1) * step if i < frames - 1 else 0) for i in range(frames))
+
+
+def forms_bomb(levels: int = 8, fan: int = 10) -> bytes:
+    """Form n draws form n-1 `fan` times, form 0 strokes a line: fan ** levels lines from 2 KB."""
+    forms = [stream(b"/Type/XObject/Subtype/Form/BBox[0 0 612 792]", b"0 0 m 600 700 l S")]
+    forms += [stream(b"/Type/XObject/Subtype/Form/BBox[0 0 612 792]/Resources<</XObject<</X %d 0 R>>>>"
+                     % (5 + level), b"/X Do " * fan) for level in range(1, levels + 1)]
+    return drawing_pdf(b"/X Do", resources=b"/XObject<</X %d 0 R>>" % (5 + len(forms)), more=tuple(forms))
+
+
+def content_bomb(megabytes: int = 300) -> bytes:
+    """A page whose 1 MB content stream inflates to `megabytes` of path operators: PDFium wants ~7x that."""
+    squeeze = zlib.compressobj(6)
+    ops = b"0 0 m 600 700 l S\n" * (2**20 // 18)
+    data = b"".join(squeeze.compress(ops) for _ in range(megabytes)) + squeeze.flush()
+    return one_page_pdf(stream(b"/Filter/FlateDecode", data))
+
+
+def fills_bomb(fills: int = 200_000) -> bytes:
+    """A 12 KB page that paints itself grey 200,000 times: little memory, minutes of PDFium."""
+    return drawing_pdf(b"0.5 g 0 0 612 792 re f\n" * fills)
 
 
 def mutants(original: bytes, count: int, seed: int) -> Iterator[bytes]:

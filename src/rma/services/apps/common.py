@@ -35,6 +35,7 @@ T = TypeVar("T")
 # Exit status of an app whose model could not load: distinct from a crash in the server itself.
 LOAD_FAILED_EXIT = 3
 BUSY_AFTER_S = 2.0  # every slot taken this long: /health says busy
+QUEUE_WAIT_S = 30.0  # a request waits this long for a free work slot, then 503
 
 
 class ApiError(Exception):
@@ -159,11 +160,14 @@ def build_app(title: str, model: Loaded[T], max_body_bytes: int, slots: Slots | 
     return app
 
 
-def arguments(description: str) -> argparse.ArgumentParser:
+def arguments(description: str, slots: str | None = None) -> argparse.ArgumentParser:
+    """An app's command line; with `slots` (what its work slots are), also how long a request waits for one."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads: the worker's share, not nproc")
+    if slots is not None:
+        parser.add_argument("--queue-wait-s", type=float, default=QUEUE_WAIT_S, help=f"longest wait for a {slots} slot")
     return parser
 
 

@@ -21,13 +21,12 @@ from fastapi.concurrency import run_in_threadpool
 
 from rma.front import client_context
 from rma.services.apps.budget import Budget, run_bounded
-from rma.services.apps.common import ApiError, Loaded, Slots, arguments, build_app, serve
+from rma.services.apps.common import QUEUE_WAIT_S, ApiError, Loaded, Slots, arguments, build_app, serve
 from rma.services.apps.parsing import Page, load_parsers, parse_document
 from rma.services.apps.peers import Peers, PeerUnavailable
 
 MAX_UPLOAD_BYTES = 25 * 2**20
 PARSE_BUDGET = Budget(memory_mb=1024, cpu_s=30, wall_s=30.0)  # one parse: a normal letter needs < 100 MB, < 1 s
-QUEUE_WAIT_S = 30.0  # an upload waits this long for a free parse slot, then 503
 OCR_PARALLEL = 4  # scanned pages in flight to vision-ocr at once, per replica of this service
 OCR_TIMEOUT_S = 120.0
 
@@ -103,12 +102,11 @@ def create_app(threads: int, coordinator_urls: list[str], budget: Budget = PARSE
 
 
 def main() -> None:
-    parser = arguments("Text and structure of PDF, DOCX and text files; scanned pages through vision-ocr")
+    parser = arguments("Text and structure of PDF, DOCX and text files; scanned pages through vision-ocr", "parse")
     parser.add_argument("--coordinator-url", default="", help="comma-separated: where to look up vision-ocr")
     parser.add_argument("--parse-memory-mb", type=int, default=PARSE_BUDGET.memory_mb, help="one parse's memory")
     parser.add_argument("--parse-cpu-s", type=int, default=PARSE_BUDGET.cpu_s, help="one parse's CPU time")
     parser.add_argument("--parse-wall-s", type=float, default=PARSE_BUDGET.wall_s, help="one parse's wall time")
-    parser.add_argument("--queue-wait-s", type=float, default=QUEUE_WAIT_S, help="longest wait for a parse slot")
     args = parser.parse_args()
     urls = [url for url in args.coordinator_url.split(",") if url]
     budget = Budget(args.parse_memory_mb, args.parse_cpu_s, args.parse_wall_s)

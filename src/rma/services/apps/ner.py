@@ -3,6 +3,10 @@
 spaCy holds the GIL for most of its work (measured on 2 cores: 6.7 texts/s in one thread, 5.9 in
 two), so the pipeline runs in a pool of worker processes, one per thread of the worker's CPU share
 (at most MAX_PROCESSES: each holds its own copy of the model). A batch is split across them.
+
+Each part of a request holds a slot, one per process, while a process runs it, so the pool never
+queues work out of sight: /health says busy (429) once every process has been taken for 2 s, and a
+part that waits longer than --queue-wait-s for one makes its request a 503.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from rma.services.apps import money_ner
-from rma.services.apps.common import ApiError, Loaded, arguments, build_app, serve
+from rma.services.apps.common import QUEUE_WAIT_S, ApiError, Loaded, Slots, arguments, build_app, serve
 
 log = logging.getLogger("rma.apps.ner")
 
@@ -53,10 +57,11 @@ def start_pool(model: str, processes: int) -> ProcessPoolExecutor:
     return pool
 
 
-def create_app(model: str, threads: int) -> Any:
+def create_app(model: str, threads: int, queue_wait_s: float = QUEUE_WAIT_S) -> Any:
     processes = max(1, min(threads, MAX_PROCESSES))
     loaded = Loaded(f"spaCy {model} ({processes} processes)", lambda: start_pool(model, processes))
-    app = build_app("ner-extraction", loaded, MAX_BODY_BYTES)
+    working = Slots(processes, queue_wait_s, "spaCy process")
+    app = build_app("ner-extraction", loaded, MAX_BODY_BYTES, working)
     serving = app.router.lifespan_context
 
     @asynccontextmanager
@@ -69,12 +74,18 @@ def create_app(model: str, threads: int) -> Any:
 
     app.router.lifespan_context = lifespan
 
+    async def analyse(pool: ProcessPoolExecutor, texts: list[str]) -> list[dict[str, Any]]:
+        """One part of a request in a pipeline process, holding a slot while it runs.
+
+        A slot per part, not per request: a batch split across every process takes every slot, so /health
+        cannot say ok while a single batch keeps the whole pool busy."""
+        async with working.take():
+            return await asyncio.get_running_loop().run_in_executor(pool, money_ner.analyse_in_process, texts)
+
     async def run(pool: ProcessPoolExecutor, texts: list[str]) -> list[dict[str, Any]]:
         size = -(-len(texts) // processes)
-        loop = asyncio.get_running_loop()
         try:
-            parts = await asyncio.gather(*(loop.run_in_executor(pool, money_ner.analyse_in_process, texts[i:i + size])
-                                           for i in range(0, len(texts), size)))
+            parts = await asyncio.gather(*(analyse(pool, texts[i:i + size]) for i in range(0, len(texts), size)))
         except BrokenProcessPool:
             # A pipeline process died (out of memory): exit, so the worker restarts the service.
             log.critical("a spaCy process died; exiting")
@@ -95,10 +106,10 @@ def create_app(model: str, threads: int) -> Any:
 
 
 def main() -> None:
-    parser = arguments("Named entities for money advice, with spaCy")
+    parser = arguments("Named entities for money advice, with spaCy", "spaCy process")
     parser.add_argument("--model", required=True, help="a spaCy pipeline package or folder")
     args = parser.parse_args()
-    serve(create_app(args.model, args.threads), args.host, args.port)
+    serve(create_app(args.model, args.threads, args.queue_wait_s), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# What the pool runs (redis-server, postgresql, tesseract; haproxy, the front door of public listeners), the
-# browser the dashboard's tests drive, and what builds and runs the container images (podman with runc;
-# debootstrap makes the Debian base image).
-DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng haproxy chromium chromium-driver \
-	podman runc debootstrap
+# What the pool runs (redis-server, postgresql, tesseract; haproxy, the front door of public listeners; nebula,
+# the mesh), the browser the dashboard's tests drive, what builds and runs the container images (podman with
+# runc; debootstrap makes the Debian base image), and what the mesh's tests build a small internet with.
+DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng haproxy nebula chromium chromium-driver \
+	podman runc debootstrap iproute2 iptables tcpdump
 # Only the benchmarks compare against these.
 BENCH_DEBIAN_PACKAGES := wrk nginx nghttp2-client
 PACKAGES ?= $(DEBIAN_PACKAGES)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import typer
 
+from rma.coordinator.mesh import MeshSettings
 from rma.coordinator.state import CoordinatorSettings
 from rma.routing.commands import register as register_routing_commands
 from rma.worker.commands import register as register_worker_commands
@@ -41,6 +43,12 @@ def coordinator(
                                              "front door."),
     tls_key: str | None = typer.Option(None, "--tls-key", envvar="RMA_TLS_KEY", show_default=False,
                                        help="The certificate's PEM private key (a 0600 file)."),
+    mesh_network: str | None = typer.Option(None, envvar="RMA_MESH_NETWORK", show_default=False,
+                                            help="Run the pool on a Nebula mesh with overlay addresses from this "
+                                                 "IPv4 network (e.g. 100.64.0.0/16): this coordinator is its CA."),
+    mesh_certificate_hours: float = typer.Option(24.0, envvar="RMA_MESH_CERT_HOURS", min=0.01,
+                                                 help="A worker's mesh certificate lasts this long, renewed over "
+                                                      "heartbeats at half of it."),
 ) -> None:
     """Run the coordinator: worker registry, gap-filling placement, health timers."""
     from rma.coordinator.auth import parse_networks
@@ -51,10 +59,15 @@ def coordinator(
         vouched = parse_networks(vouched_networks)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--vouched-networks / RMA_VOUCHED_NETWORKS") from None
+    try:
+        mesh = None if not mesh_network else MeshSettings(IPv4Network(mesh_network),
+                                                          round(mesh_certificate_hours * 3600))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mesh-network / RMA_MESH_NETWORK") from None
     serve(CoordinatorSettings(host=host, port=port, data_dir=data_dir, heartbeat_interval=heartbeat_interval,
                               grace_intervals=grace_intervals, join_token=join_token or None,
                               admin_token=admin_token or None, api_keys=_keys(api_keys), store_keys=_keys(store_keys),
-                              vouched_networks=vouched), front_settings(tls_cert, tls_key))
+                              vouched_networks=vouched, mesh=mesh), front_settings(tls_cert, tls_key))
 
 
 def _keys(value: str) -> tuple[str, ...]:
@@ -108,6 +121,31 @@ def tls_ca(
 
     made = make_local_ca(folder, names)
     typer.echo(f"RMA_TLS_CERT={made.cert}\nRMA_TLS_KEY={made.key}\nRMA_CA_FILE={made.ca_file}")
+
+
+@app.command("mesh-revoke")
+def mesh_revoke(
+    worker_id: str = typer.Argument(..., help="The worker to cut off the mesh."),
+    coordinator: str = typer.Option("http://127.0.0.1:8080", "--coordinator", envvar="COORDINATOR_URL",
+                                    help="Coordinator URL."),
+    admin_token: str | None = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False),
+) -> None:
+    """Revoke a worker's mesh certificates: every node drops it within one heartbeat interval, for good."""
+    import httpx
+
+    from rma.front import client_context
+
+    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+    url = f"{coordinator.split(',')[0].strip().rstrip('/')}/api/admin/mesh/revoke/{worker_id}"
+    try:
+        answer = httpx.post(url, headers=headers, timeout=10, verify=client_context())
+    except httpx.HTTPError as exc:
+        typer.echo(f"the coordinator could not be reached: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if answer.status_code != 200:
+        typer.echo(f"refused ({answer.status_code}): {answer.text[:300]}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {worker_id}: {', '.join(answer.json()['fingerprints']) or 'no live certificate'}")
 
 
 register_worker_commands(app)

@@ -71,6 +71,8 @@ class RegisterRequest(Tolerant):
     vpn_ip: Host | None = None
     advertise_host: Host | None = None
     capabilities: Capabilities = Field(default_factory=lambda: Capabilities())
+    # The worker's Nebula public key (PEM), for the mesh's CA to sign; its private key never leaves it.
+    mesh_public_key: str | None = Field(None, max_length=200)
 
 
 class ServiceConfig(BaseModel):
@@ -86,6 +88,25 @@ class ServiceConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+class Lighthouse(BaseModel):
+    """An edge worker every mesh node is told about: a lighthouse and a relay."""
+
+    overlay_ip: str
+    underlay: str  # host:port of its UDP listener, on the internet
+
+
+class MeshMembership(BaseModel):
+    """A worker's place on the mesh: its certificate and whom it trusts, renewed and revoked over heartbeats."""
+
+    address: str  # overlay address with its prefix: 100.64.0.7/16
+    certificate: str
+    ca: str
+    groups: list[str]
+    expires: float
+    lighthouses: list[Lighthouse]
+    blocklist: list[str]  # fingerprints of revoked certificates
+
+
 class Assignment(BaseModel):
     """What a worker should run: sent with registration and with every heartbeat answer."""
 
@@ -93,6 +114,7 @@ class Assignment(BaseModel):
     assigned_services: list[str]
     service_configs: list[ServiceConfig]
     heartbeat_interval: float
+    mesh: MeshMembership | None = None  # on a pool that runs on the mesh
 
 
 class RegisterResponse(Assignment):

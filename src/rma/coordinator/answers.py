@@ -6,16 +6,18 @@ import json
 from typing import Any
 
 from rma.catalog import BY_NAME
+from rma.coordinator.mesh import MeshAuthority
 from rma.coordinator.record import WorkerRecord
 from rma.coordinator.registry import Registry
 from rma.placement import engine_for
 
 
 class Answers:
-    def __init__(self, registry: Registry, heartbeat_interval: float) -> None:
+    def __init__(self, registry: Registry, heartbeat_interval: float, mesh: MeshAuthority | None = None) -> None:
         self.registry = registry
         self.heartbeat_interval = heartbeat_interval
-        # worker id → ((token hash, assignment, store addresses) it was built for, encoded answer)
+        self.mesh = mesh
+        # worker id → ((token hash, assignment, store addresses, mesh version) it was built for, encoded answer)
         self._encoded: dict[str, tuple[tuple[object, ...], bytes]] = {}
 
     def assignment(self, record: WorkerRecord) -> dict[str, Any]:
@@ -30,16 +32,19 @@ class Answers:
                 "kind": service.kind.value, "engine": engine.name if engine else None,
                 "secret": self.registry.secrets.secret_for(name), "env": env,
             })
+        membership = self.mesh.membership(record.worker_id) if self.mesh is not None else None
         return {
             "worker_id": record.worker_id,
             "assigned_services": list(record.assigned),
             "service_configs": configs,
             "heartbeat_interval": self.heartbeat_interval,
+            "mesh": membership.model_dump() if membership is not None else None,
         }
 
     def encoded(self, record: WorkerRecord) -> bytes:
         """The heartbeat answer as JSON bytes, rebuilt only when what it says changed."""
-        key = (record.token_hash, record.assigned, tuple(self.registry.store_env().items()))
+        key = (record.token_hash, record.assigned, tuple(self.registry.store_env().items()),
+               self.mesh.version(record.worker_id) if self.mesh is not None else None)
         cached = self._encoded.get(record.worker_id)
         if cached is None or cached[0] != key:
             body = json.dumps(self.assignment(record) | {"status": "ok"}).encode()

@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from rma.body_limit import BodyLimit
 from rma.coordinator.answers import Answers
 from rma.coordinator.history import History, WorkerFigures
+from rma.coordinator.mesh import MeshAuthority
 from rma.coordinator.metrics import Metrics
 from rma.coordinator.openapi import install as install_openapi
 from rma.coordinator.registry import Registry
@@ -92,9 +93,11 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     """
     store = Store(settings.data_dir / "registry.sqlite3")
     registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown)
-    answers = Answers(registry, settings.heartbeat_interval)
+    mesh = None if settings.mesh is None else MeshAuthority(settings.mesh, settings.data_dir / "mesh-ca", store,
+                                                             registry.clock)
+    answers = Answers(registry, settings.heartbeat_interval, mesh)
     state = CoordinatorState(settings, registry, Metrics(registry), answers, Watchers(registry, answers.encoded),
-                             History())
+                             History(), mesh)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -222,6 +222,9 @@ def _complete(path: str, operation: Json, too_large: Json) -> None:
         operation["parameters"][0]["examples"] = {name: {"value": name} for name in ("ner-extraction", "redis")}
         responses["404"] = _error("The catalogue has no such service.")
         responses["503"] = _error("No worker serves the service healthily now.")
+    elif path == "/api/admin/mesh/revoke/{worker_id}":
+        responses.pop("422", None)  # a str path parameter: nothing for FastAPI to refuse
+        responses["404"] = _error("The pool does not run on the mesh, or the worker has no place on it.")
     elif path == "/api/admin/router-report":
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(
             "ReportBody")}}}
@@ -253,10 +256,12 @@ def _worker_paths(too_large: Json) -> Json:
                 "RegisterRequest")}}},
             "responses": {
                 "200": _json("Registered: the assignment and the worker's token.", _ref("RegisterResponse")),
+                "400": _error("On a pool that runs on the mesh: mesh_public_key is not a Nebula public key."),
                 "401": _error("RMA_JOIN_TOKEN is set and the bearer token is missing or not it."),
                 "403": _error("RMA_JOIN_TOKEN is unset and the caller is not on loopback; or the worker may not "
                               "register as the host it advertises (not its own address, loopback from another "
-                              "machine, link-local, a name from a network nobody vouched for)."),
+                              "machine, link-local, a name from a network nobody vouched for); or, on a pool "
+                              "that runs on the mesh, it sent no mesh_public_key, or it or its key was revoked."),
                 "409": _error("The id is registered already and X-Worker-Token is not that worker's token."),
                 "413": too_large,
                 "422": _error("The body is not JSON, or not a RegisterRequest."),

@@ -150,18 +150,26 @@ class Registry:
                 listener(record)
         return changed
 
-    def register(self, request: RegisterRequest, host: str, presented_token: str | None) -> tuple[
-            WorkerRecord, str]:
-        """Add or re-add a worker at `host` (the address routers will use, admitted by the caller: see
-        `auth.Admission`); returns it with its new secret token (only its hash is kept)."""
-        now = self.clock()
-        worker_id = request.worker_id or f"worker-{secrets.token_hex(6)}"
+    def admissible_id(self, worker_id: str | None, presented_token: str | None) -> str:
+        """The id a registration will have (a new one if none was asked for); Conflict where the id is taken
+        and `presented_token` is not that worker's token."""
+        if worker_id is None:
+            return f"worker-{secrets.token_hex(6)}"
         existing = self.workers.get(worker_id)
         if existing is not None and not (
             presented_token and hmac.compare_digest(existing.token_hash, hash_token(presented_token))
         ):
             raise Conflict(f"worker id {worker_id!r} is registered already; re-registering it needs that "
                            "worker's token in X-Worker-Token")
+        return worker_id
+
+    def register(self, request: RegisterRequest, host: str, presented_token: str | None) -> tuple[
+            WorkerRecord, str]:
+        """Add or re-add a worker at `host` (the address routers will use, admitted by the caller: see
+        `auth.Admission`); returns it with its new secret token (only its hash is kept)."""
+        now = self.clock()
+        worker_id = self.admissible_id(request.worker_id, presented_token)
+        existing = self.workers.get(worker_id)
         token = secrets.token_urlsafe(32)
         caps = request.capabilities
         record = WorkerRecord(

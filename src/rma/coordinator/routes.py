@@ -24,7 +24,7 @@ from rma.coordinator.auth import (
     require_secret,
     same_secret,
 )
-from rma.coordinator.record import WorkerRecord, url_host
+from rma.coordinator.record import WorkerRecord, url_host, worker_kind
 from rma.coordinator.router_report import ReportBody
 from rma.coordinator.secrets import CONNECTION_URLS
 from rma.coordinator.state import CoordinatorState
@@ -101,7 +101,12 @@ async def register(request: Request) -> JSONResponse:
     peer = request.client.host if request.client else "127.0.0.1"
     advertised = body.advertise_host or body.vpn_ip or url_host(body.tunnel_url)
     host = state.admission.host(advertised, peer, relayed(request))
-    record, token = state.registry.register(body, host, request.headers.get("x-worker-token"))
+    presented = request.headers.get("x-worker-token")
+    if state.mesh is not None:  # routers reach the worker at the overlay address in its certificate
+        body.worker_id = state.registry.admissible_id(body.worker_id, presented)
+        kind = worker_kind(body.capabilities).value
+        host = state.mesh.admit(body.worker_id, kind, body.mesh_public_key, host)
+    record, token = state.registry.register(body, host, presented)
     state.metrics.registrations.inc()
     answer = state.answers.assignment(record) | {
         "status": "registered", "worker_type": record.kind.value,
@@ -189,6 +194,20 @@ def _worker_json(record: WorkerRecord, now: float) -> dict[str, Any]:
         "last_heartbeat": record.last_seen,
         "age_seconds": round(now - record.last_seen, 3),
     }
+
+
+@router.post("/api/admin/mesh/revoke/{worker_id}")
+async def mesh_revoke(worker_id: str, request: Request) -> dict[str, Any]:
+    """Cut a worker off the mesh: its certificates reach every node's blocklist with their next heartbeat,
+    it is unregistered, and its id and key can never join again."""
+    state = _admin(request)
+    if state.mesh is None:
+        raise NotFound("this pool does not run on the mesh (RMA_MESH_NETWORK is unset)")
+    fingerprints = state.mesh.revoke(worker_id)
+    if worker_id in state.registry.workers:
+        state.registry.unregister(worker_id)
+        state.answers.forget(worker_id)
+    return {"status": "revoked", "worker_id": worker_id, "fingerprints": fingerprints}
 
 
 @router.get("/api/admin/workers")

@@ -15,6 +15,7 @@ from rma.catalog import BY_NAME, HealthCheck
 from rma.coordinator.answers import Answers
 from rma.coordinator.auth import Admission, Network
 from rma.coordinator.history import History
+from rma.coordinator.mesh import MeshAuthority, MeshSettings
 from rma.coordinator.metrics import Metrics
 from rma.coordinator.record import WorkerRecord, bracket
 from rma.coordinator.registry import Registry
@@ -52,6 +53,8 @@ class CoordinatorSettings:
     max_body_bytes: int = 64 * 1024
     # Heartbeat times reach the disk this often (seconds), in one batch.
     flush_interval: float = 2.0
+    # The pool runs on the mesh (RMA_MESH_NETWORK): workers join it with a certificate this coordinator signs.
+    mesh: MeshSettings | None = None
 
 
 @dataclass
@@ -62,6 +65,7 @@ class CoordinatorState:
     answers: Answers
     watchers: Watchers
     history: History
+    mesh: MeshAuthority | None = None
     admission: Admission = field(init=False)
     port_checks: PortChecks = field(init=False)
 

@@ -34,8 +34,45 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS secrets (
     service TEXT PRIMARY KEY,
     secret  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mesh_nodes (
+    worker_id  TEXT PRIMARY KEY,
+    address    TEXT NOT NULL UNIQUE,
+    public_key TEXT NOT NULL,
+    underlay   TEXT NOT NULL,
+    kind       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mesh_issued (
+    fingerprint TEXT PRIMARY KEY,
+    worker_id   TEXT NOT NULL,
+    expires     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mesh_revoked (
+    fingerprint TEXT PRIMARY KEY,
+    worker_id   TEXT NOT NULL,
+    public_key  TEXT NOT NULL,
+    revoked_at  REAL NOT NULL
 )
 """
+
+
+@dataclass(frozen=True)
+class MeshNode:
+    """A worker's place on the mesh: its overlay address, the public key the CA signs, where it is reached."""
+
+    worker_id: str
+    address: str
+    public_key: str
+    underlay: str  # the host the worker was admitted at: an edge worker's lighthouse listens there
+    kind: str
+
+
+@dataclass(frozen=True)
+class Revoked:
+    fingerprint: str
+    worker_id: str
+    public_key: str
+    revoked_at: float
 
 
 @dataclass(frozen=True)
@@ -106,6 +143,37 @@ class Store:
 
     def save_secret(self, service: str, secret: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?)", (service, secret))
+
+    def load_mesh(self) -> tuple[list[MeshNode], list[Revoked]]:
+        nodes = self._db.execute("SELECT worker_id, address, public_key, underlay, kind FROM mesh_nodes").fetchall()
+        revoked = self._db.execute("SELECT fingerprint, worker_id, public_key, revoked_at FROM mesh_revoked").fetchall()
+        return [MeshNode(*row) for row in nodes], [Revoked(*row) for row in revoked]
+
+    def save_issued(self, fingerprint: str, worker_id: str, expires: float) -> None:
+        """A certificate the CA signed: what revoking its worker must list, until it expires."""
+        self._db.execute("INSERT OR REPLACE INTO mesh_issued VALUES (?, ?, ?)", (fingerprint, worker_id, expires))
+
+    def issued(self, worker_id: str, now: float) -> list[str]:
+        """The fingerprints of the worker's certificates that have not expired."""
+        return [row[0] for row in self._db.execute(
+            "SELECT fingerprint FROM mesh_issued WHERE worker_id = ? AND expires > ?", (worker_id, now))]
+
+    def save_mesh_node(self, node: MeshNode) -> None:
+        self._db.execute("INSERT OR REPLACE INTO mesh_nodes VALUES (?, ?, ?, ?, ?)",
+                         (node.worker_id, node.address, node.public_key, node.underlay, node.kind))
+
+    def revoke_mesh_node(self, worker_id: str, revoked: Iterable[Revoked]) -> None:
+        """Forget the worker's place on the mesh and list its certificates as revoked, in one transaction."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute("DELETE FROM mesh_nodes WHERE worker_id = ?", (worker_id,))
+            self._db.execute("DELETE FROM mesh_issued WHERE worker_id = ?", (worker_id,))
+            self._db.executemany("INSERT OR REPLACE INTO mesh_revoked VALUES (?, ?, ?, ?)",
+                                 [(r.fingerprint, r.worker_id, r.public_key, r.revoked_at) for r in revoked])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def delete(self, worker_id: str) -> None:
         self._db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))

@@ -63,6 +63,8 @@ class Service:
     public: bool = False
     # The original proxy's short name for it (`/service/ner/...`), routed beside the full name.
     alias: str = ""
+    # Listens where the internet reaches it, not only on the mesh: the pool's one way in.
+    internet_facing: bool = False
 
     def health_of(self, engine: str | None) -> HealthCheck:
         """How a replica run by `engine` is checked from outside (None or unknown: the service's check)."""
@@ -162,7 +164,7 @@ SERVICES: tuple[Service, ...] = (
         TCP, stateful=True, target_replicas=1,  # each engine's driver checks with a real query
     ),
     Service("coordinator", 4, Kind.EDGE, 1, 8080, (own("coordinator"),), HTTP),
-    Service("edge-proxy", 4, Kind.EDGE, 1, 8787, (own("edge-proxy"),), HTTP),
+    Service("edge-proxy", 4, Kind.EDGE, 1, 8787, (own("edge-proxy"),), HTTP, internet_facing=True),
     Service("load-balancer", 4, Kind.EDGE, 2, 8090, (own("load-balancer"),), HTTP),
 )
 

@@ -28,7 +28,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -157,11 +157,13 @@ class SmallInternet:
         return done
 
     def start(self, ns: str, argv: Sequence[str], log: Path, user: int | None = None,
-              caps: Sequence[str] = ()) -> subprocess.Popen[bytes]:
-        """A long-running `argv` in `ns` (as `user` with only `caps`), output to `log`; stopped on close."""
+              caps: Sequence[str] = (), env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A long-running `argv` in `ns` (as `user` with only `caps`, with `env` added to this process's
+        environment: secrets go there, never on a command line), output to `log`; stopped on close."""
         with open(log, "ab") as out:
             process = subprocess.Popen(["ip", "netns", "exec", ns, *privileges(user, caps), *argv], stdout=out,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                       env={**os.environ, **(env or {})})
         self.processes.append(process)
         return process
 

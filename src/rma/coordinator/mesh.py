@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rma.coordinator.store import MeshNode, Revoked, Store
+from rma.mesh.config import LIGHTHOUSE_PORT
 from rma.mesh.pki import BadPublicKey, Certificate, MeshCa, check_public_key
 from rma.protocol import ApiError, Forbidden, Lighthouse, MeshMembership, NotFound
 
-LIGHTHOUSE_PORT = 4242  # where an edge worker's Nebula listens (UDP), on its public address
 CERTIFICATE_S = 24 * 3600  # a node certificate's life: renewed over heartbeats at half of it
 
 

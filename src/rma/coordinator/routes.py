@@ -100,12 +100,15 @@ async def register(request: Request) -> JSONResponse:
     body = await _parse(request, RegisterRequest)
     peer = request.client.host if request.client else "127.0.0.1"
     advertised = body.advertise_host or body.vpn_ip or url_host(body.tunnel_url)
-    host = state.admission.host(advertised, peer, relayed(request))
     presented = request.headers.get("x-worker-token")
-    if state.mesh is not None:  # routers reach the worker at the overlay address in its certificate
+    kind = worker_kind(body.capabilities).value
+    if state.mesh is None:
+        host = state.admission.host(advertised, peer, relayed(request))
+    else:  # routers reach the worker at the overlay address in its certificate, wherever it dials from
         body.worker_id = state.registry.admissible_id(body.worker_id, presented)
-        kind = worker_kind(body.capabilities).value
-        host = state.mesh.admit(body.worker_id, kind, body.mesh_public_key, host)
+        # Only an edge worker's own address matters: every member dials its lighthouse there.
+        underlay = state.admission.host(advertised, peer, relayed(request)) if kind == "edge" else peer
+        host = state.mesh.admit(body.worker_id, kind, body.mesh_public_key, underlay)
     record, token = state.registry.register(body, host, presented)
     state.metrics.registrations.inc()
     answer = state.answers.assignment(record) | {

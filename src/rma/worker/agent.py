@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import psutil
 
 from rma.catalog import BY_NAME
+from rma.mesh.config import InboundRule
 from rma.protocol import Assignment, Capabilities, HeartbeatRequest, RegisterRequest, ServiceConfig, ServiceStatus
 from rma.services import DRIVERS, ServiceDriver
 from rma.worker.client import (
@@ -29,6 +30,7 @@ from rma.worker.client import (
 )
 from rma.worker.config import Identity, WorkerConfig, load_identity, save_identity
 from rma.worker.engines import service_dir
+from rma.worker.mesh_node import MeshError, MeshNode
 from rma.worker.probe import Probe
 from rma.worker.reconcile import Running, diff
 from rma.worker.supervisor import Placement, Policy, State, Supervisor
@@ -41,6 +43,9 @@ UNREGISTER_TIMEOUT_S = 3.0
 WATCH_RETRY_S = 0.5
 # The coordinator writes a keep-alive line every interval; this many silent intervals end the stream.
 WATCH_IDLE_INTERVALS = 3
+# Who on the mesh may reach this worker's services: every member, for now (services bind the overlay address
+# only, so nothing off the mesh reaches them at all).
+MESH_INBOUND = (InboundRule("any", "tcp"),)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Profile:
 
     capabilities: Capabilities
     engines: dict[str, tuple[str, ...]]  # service → engines this worker can run it with, best first
+    mesh: bool = False  # Nebula can run here: the worker joins a pool that runs on the mesh
 
 
 class Agent:
@@ -70,6 +76,8 @@ class Agent:
         self.interval = 5.0
         self.registered = False
         self._assigned: tuple[str, ...] | None = None
+        self.mesh = MeshNode(config.data_dir / "mesh", config.data_dir / "logs" / "nebula.log") \
+            if profile.mesh else None
         # Set when a service changes state: the next heartbeat goes now, not an interval later.
         self._report_now = asyncio.Event()
 
@@ -117,7 +125,10 @@ class Agent:
                     log.error("coordinator call failed: %s", exc)
                 else:
                     failures = 0
-                    self._apply(answer, group)
+                    try:
+                        await self._apply(answer, group)
+                    except MeshError as exc:
+                        log.error("mesh: %s; no service starts until it is joined", exc)
                 if self.registered:
                     await self._until_next_beat(stop, self.interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
                 else:
@@ -127,6 +138,8 @@ class Agent:
             for sup in self.supervisors.values():
                 sup.stop()
         await self._unregister()
+        if self.mesh is not None:
+            await self.mesh.stop()
 
     async def _watch(self, stop: asyncio.Event, group: asyncio.TaskGroup) -> None:
         """Apply what the coordinator pushes between heartbeats; reconnect whenever the stream drops.
@@ -138,8 +151,8 @@ class Agent:
             if self.registered and token:
                 try:
                     async for answer in self.client.watch(self.worker_id, token, WATCH_IDLE_INTERVALS * self.interval):
-                        self._apply(answer, group)
-                except CoordinatorError as exc:
+                        await self._apply(answer, group)
+                except (CoordinatorError, MeshError) as exc:
                     log.debug("watch stream ended: %s", exc)
             await self._sleep(stop, WATCH_RETRY_S * self.rng.uniform(1 - JITTER, 1 + JITTER))
 
@@ -163,6 +176,7 @@ class Agent:
         public = self.config.public_url
         return RegisterRequest(worker_id=self.worker_id, advertise_host=self.config.host,
                                tunnel_url=public, capabilities=self.profile.capabilities,
+                               mesh_public_key=self.mesh.public_key() if self.mesh is not None else None,
                                services_status={k: v.model_dump() for k, v in self.statuses().items()})
 
     async def _register(self) -> Assignment:
@@ -190,8 +204,13 @@ class Agent:
         self.identity = Identity(new_worker_id(), None)
         log.warning("saved worker id is held by another worker; registering as %s", self.worker_id)
 
-    def _apply(self, answer: Assignment, group: asyncio.TaskGroup) -> None:
+    async def _apply(self, answer: Assignment, group: asyncio.TaskGroup) -> None:
         self.interval = answer.heartbeat_interval
+        if answer.mesh is not None:
+            if self.mesh is None:
+                raise MeshError("the pool runs on the mesh, and Nebula cannot run here")
+            # Before any service starts: they bind to the overlay address, which Nebula brings up.
+            await self.mesh.apply(answer.mesh, MESH_INBOUND)
         if self.on_assignment and tuple(answer.assigned_services) != self._assigned:
             self.on_assignment(answer)
         self._assigned = tuple(answer.assigned_services)
@@ -208,7 +227,7 @@ class Agent:
 
     def _start(self, config: ServiceConfig, group: asyncio.TaskGroup) -> None:
         name, port, data_dir = config.name, config.port, self.config.data_dir
-        placement = Placement(self.config.bind_host, port, service_dir(data_dir, name),
+        placement = Placement(self._bind_host(name), port, service_dir(data_dir, name),
                               data_dir / "logs" / f"{name}.log", self.config.coordinator_urls, self.interval,
                               {**self.config.service_env, **config.env}, config.secret,
                               config.engine or next(iter(self.profile.engines.get(name, ())), None))
@@ -216,6 +235,12 @@ class Agent:
         self.supervisors[name] = sup
         log.info("%s: assigned, starting on port %d (log %s)", name, port, placement.log_path)
         group.create_task(self._supervise(sup), name=f"supervise-{name}")
+
+    def _bind_host(self, service: str) -> str:
+        """Where a service listens: on the mesh, at the overlay address only, so nothing off the mesh reaches it;
+        the edge proxy, the pool's way in, where the internet reaches it."""
+        address = self.mesh.address if self.mesh is not None else None
+        return address if address and not BY_NAME[service].internet_facing else self.config.bind_host
 
     async def _supervise(self, sup: Supervisor) -> None:
         """Run one supervisor; a fault in it ends that service, never the worker."""

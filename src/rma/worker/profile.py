@@ -9,6 +9,7 @@ from rma.worker.agent import Profile
 from rma.worker.config import WorkerConfig
 from rma.worker.engines import data_services, engines_by_service
 from rma.worker.hardware import choose_role, describe, detect_hardware
+from rma.worker.mesh_node import mesh_unavailable
 from rma.worker.probe import Probe
 
 
@@ -30,4 +31,7 @@ def build_profile(config: WorkerConfig, probe: Probe) -> tuple[Profile, list[str
     lines = describe(hw, role, engines)
     if held:
         lines.append(f"Detected data of: {', '.join(held)} (they come back to this worker)")
-    return Profile(capabilities, by_service), lines
+    no_mesh = mesh_unavailable()
+    lines.append("Detected mesh: Nebula (joins a pool that runs on the mesh)" if no_mesh is None else
+                 f"Detected no mesh: {no_mesh}; a pool that runs on the mesh gives this worker no services")
+    return Profile(capabilities, by_service, mesh=no_mesh is None), lines

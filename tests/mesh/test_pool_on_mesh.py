@@ -1,0 +1,139 @@
+"""A pool on the mesh, for real: `rma coordinator` as its CA and `rma worker`s behind home routers.
+
+    edge ns  198.18.0.10  the coordinator (RMA_MESH_NETWORK) and an edge worker: the lighthouse and relay
+    h1       behind plain masquerade     a storage worker
+    h2       behind a symmetric NAT      a storage worker, reached through the relay
+
+No home has an inbound port. Each worker makes its key, joins with it, runs Nebula and binds its
+services to its overlay address; routers and the coordinator list it there. A service on a home is
+reached over the mesh from the edge, never off it; kill -9 of a home worker moves its redis to the
+other home, reached through the relay; a revoked worker is cut off within a few heartbeats.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mesh.netns import Site, SmallInternet, skip_reason, small_internet, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+NETWORK = ipaddress.IPv4Network("198.19.0.0/16")
+INTERVAL = 1.0
+ADMIN, JOIN = "adm1n-mesh-test", "j0in-mesh-test"
+
+
+class Pool:
+    def __init__(self, net: SmallInternet, folder: Path) -> None:
+        self.net, self.folder = net, folder
+        self.coordinator = f"http://{net.edge_address}:8080"
+        self.workers: dict[str, Any] = {}
+
+    def start_worker(self, name: str, ns: str, kind: str, advertise: str | None = None) -> None:
+        env = {"WORKER_TYPE": kind, "COORDINATOR_URL": self.coordinator, "WORKER_ID": name,
+               "DATA_DIR": str(self.folder / name), "RMA_JOIN_TOKEN": JOIN}
+        if advertise:
+            env["ADVERTISE_HOST"] = advertise
+        self.workers[name] = self.net.start(ns, [sys.executable, "-m", "rma", "worker"], self.folder / f"{name}.log",
+                                            env=env)
+
+    def admin(self, path: str, method: str = "GET") -> Any:
+        """An admin call to the coordinator, from the edge namespace (the coordinator is not on loopback)."""
+        def call() -> Any:
+            try:
+                answer = httpx.request(method, f"{self.coordinator}{path}", timeout=3,
+                                       headers={"Authorization": f"Bearer {ADMIN}"})
+            except httpx.HTTPError:
+                return None
+            return answer.json() if answer.status_code == 200 else None
+        return self.net.call(self.net.edge_ns, call)
+
+    def listed(self) -> dict[str, dict[str, Any]]:
+        return {w["worker_id"]: w for w in (self.admin("/api/admin/workers") or {"workers": []})["workers"]}
+
+    def redis_on(self, worker_id: str) -> dict[str, Any] | None:
+        found = self.admin("/api/services/discover/redis")
+        return next((r for r in (found or {"workers": []})["workers"] if r["worker_id"] == worker_id), None)
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
+
+
+def redis_ping(host: str, port: int, password: str, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            replies = sock.makefile("rb")
+            sock.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            return replies.readline().startswith(b"+OK") and replies.readline().startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("pool-on-mesh")
+    top = tmp_path_factory.getbasetemp()
+    for entered in (folder, top, top.parent):  # the stores' own accounts (postgres, rma) pass through to their data
+        entered.chmod(entered.stat().st_mode | 0o011)
+    with small_internet(folder / "net", [Site("h1"), Site("h2", symmetric=True)]) as net:
+        running = Pool(net, folder)
+        net.start(net.edge_ns, [sys.executable, "-m", "rma", "coordinator", "--host", net.edge_address, "--port",
+                                "8080", "--data-dir", str(folder / "coordinator"), "--heartbeat-interval",
+                                str(INTERVAL)], folder / "coordinator.log",
+                  env={"RMA_MESH_NETWORK": str(NETWORK), "RMA_JOIN_TOKEN": JOIN, "RMA_ADMIN_TOKEN": ADMIN})
+        wait_until(lambda: running.admin("/health"), 30, what="the coordinator up")
+        running.start_worker("edge", net.edge_ns, "edge", advertise=net.edge_address)
+        wait_until(lambda: "edge" in running.listed(), 40, what=f"the edge worker joined\n{running.log('edge')}")
+        running.start_worker("h1", net.homes["h1"].ns, "storage")
+        yield running
+
+
+def test_home_workers_join_with_no_inbound_port_and_are_listed_at_their_overlay_address(pool: Pool) -> None:
+    replica = wait_until(lambda: pool.redis_on("h1"), 60, what=f"redis healthy on h1\n{pool.log('h1')}")
+    listed = pool.listed()
+    for name in ("edge", "h1"):
+        assert ipaddress.IPv4Address(listed[name]["host"]) in NETWORK, listed[name]
+    assert replica["host"] == listed["h1"]["host"]
+    home = pool.net.homes["h1"]
+    # From the edge, over the mesh: redis answers at the overlay address.
+    assert pool.net.call(pool.net.edge_ns, redis_ping, replica["host"], replica["port"], replica["secret"])
+    # Off the mesh it is not there: redis binds the overlay address only (the home's own LAN, its router).
+    assert not pool.net.call(home.router_ns, redis_ping, home.address, replica["port"], replica["secret"], 1.0)
+    # And no home has an inbound port on its router: nothing on the internet reaches it.
+    assert not pool.net.call(pool.net.edge_ns, redis_ping, home.public, replica["port"], replica["secret"], 1.0)
+
+
+def test_a_killed_home_workers_redis_is_served_by_the_other_home_through_the_relay(pool: Pool) -> None:
+    wait_until(lambda: pool.redis_on("h1"), 60, what="redis healthy on h1")
+    pool.start_worker("h2", pool.net.homes["h2"].ns, "storage")
+    wait_until(lambda: "h2" in pool.listed(), 40, what=f"h2 joined\n{pool.log('h2')}")
+    pool.workers["h1"].kill()  # kill -9 of the worker (its Nebula dies with it)
+    killed = time.monotonic()
+    replica = wait_until(lambda: pool.redis_on("h2"), 60, what=f"redis healthy on h2\n{pool.log('h2')}")
+    assert pool.net.call(pool.net.edge_ns, redis_ping, replica["host"], replica["port"], replica["secret"])
+    print(f"redis served from h2 (behind the symmetric NAT) {time.monotonic() - killed:.1f} s after h1 died")
+
+
+def test_a_revoked_home_worker_is_cut_off_within_a_few_heartbeats(pool: Pool) -> None:
+    replica = wait_until(lambda: pool.redis_on("h2"), 60, what="redis healthy on h2")
+    revoked = pool.admin("/api/admin/mesh/revoke/h2", method="POST")
+    assert revoked is not None and revoked["fingerprints"], revoked
+    issued = time.monotonic()
+    wait_until(lambda: not pool.net.call(pool.net.edge_ns, redis_ping, replica["host"], replica["port"],
+                                         replica["secret"], 0.5), 15, what="h2 cut off from the edge")
+    print(f"h2 cut off {time.monotonic() - issued:.1f} s after its revocation")
+    config = json.loads((pool.folder / "edge" / "mesh" / "config.json").read_text())
+    assert set(revoked["fingerprints"]) <= set(config["pki"]["blocklist"])

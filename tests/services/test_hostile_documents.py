@@ -8,22 +8,18 @@ the whole corpus stays within 200 MB of its start, other uploads are served mean
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
-from procs import free_port, wait_until
+from procs import wait_until
 from services import hostile_files as hostile
-from services.hostile_checks import assert_json_refusal, served_meanwhile
+from services.hostile_checks import EngineApp, assert_json_refusal, engine_app, served_meanwhile
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 RSS_GROWTH_LIMIT = 200 * 2**20
@@ -31,53 +27,16 @@ FUZZ_CASES = 1000  # per type, as the issue asks
 BUDGET_MARGIN_S = 10.0  # past a parse's wall budget (30 s): the answer, the fork, a loaded machine
 
 
-@dataclass
-class App:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def rss(self) -> int:
-        """The app's resident memory, its parse children's included."""
-        main = psutil.Process(self.process.pid)
-        return sum(p.memory_info().rss for p in (main, *main.children(recursive=True)))
-
-    def children(self) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children(recursive=True)
-
-    def parse(self, data: bytes, name: str = "upload", timeout: float = 60) -> httpx.Response:
-        return httpx.post(f"{self.url}/parse", files={"file": (name, data)}, timeout=timeout)
-
-    def health(self) -> httpx.Response:
-        return httpx.get(f"{self.url}/health", timeout=5)
+def parse(app: EngineApp, data: bytes, name: str = "upload", timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{app.url}/parse", files={"file": (name, data)}, timeout=timeout)
 
 
-@contextmanager
-def documents_app(tmp_path: Path, *flags: str) -> Iterator[App]:
-    """document-processing on a free port with `flags`; stopped at the end."""
-    port = free_port()
-    log = tmp_path / f"documents-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "rma.services.apps.documents", "--port", str(port),
-                                    "--threads", "2", *flags], stdout=out, stderr=subprocess.STDOUT)
-    app = App(f"http://127.0.0.1:{port}", process, log)
-    try:
-        wait_until(lambda: _status(app) == 200, 60, what="document-processing healthy")
-        yield app
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _status(app: App) -> int:
-    try:
-        return app.health().status_code
-    except httpx.HTTPError:
-        return 0
+def documents_app(folder: Path, *flags: str, threads: int = 2) -> AbstractContextManager[EngineApp]:
+    return engine_app("documents", folder, "--threads", str(threads), *flags)
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineApp]:
     with documents_app(tmp_path_factory.mktemp("hostile-documents")) as running:
         yield running
 
@@ -90,13 +49,13 @@ BOMBS: dict[str, tuple[Callable[[], bytes], tuple[int, ...], str]] = {
 }
 
 
-def test_bombs_are_refused_within_their_budget_while_other_uploads_are_served(app: App) -> None:
+def test_bombs_are_refused_within_their_budget_while_other_uploads_are_served(app: EngineApp) -> None:
     before = app.rss()
     made = {name: make() for name, (make, _, _) in BOMBS.items()}
-    with served_meanwhile(lambda: app.parse(hostile.SMALL_TEXT, "letter.txt")):
+    with served_meanwhile(lambda: parse(app, hostile.SMALL_TEXT, "letter.txt")):
         for name, data in made.items():
             started = time.monotonic()
-            answer = app.parse(data, name)
+            answer = parse(app, data, name)
             seconds = time.monotonic() - started
             _, statuses, says = BOMBS[name]
             if answer.status_code == 200:
@@ -111,13 +70,13 @@ def test_bombs_are_refused_within_their_budget_while_other_uploads_are_served(ap
 
 @pytest.mark.parametrize("kind", ["pdf", "docx", "text"])
 def test_a_thousand_mutants_of_each_type_get_200_or_a_4xx_json_error_and_memory_stays_bounded(
-        app: App, kind: str) -> None:
+        app: EngineApp, kind: str) -> None:
     original = {"pdf": hostile.small_pdf, "docx": hostile.small_docx, "text": lambda: hostile.SMALL_TEXT}[kind]()
     cases = (hostile.docx_mutants if kind == "docx" else hostile.mutants)(original, FUZZ_CASES, seed=17)
     before = app.rss()
 
     def one(data: bytes) -> tuple[int, str]:
-        answer = app.parse(data, f"mutant.{kind}")
+        answer = parse(app, data, f"mutant.{kind}")
         if answer.status_code == 200:
             return 200, ""
         return answer.status_code, answer.json()["error"]["message"]  # a JSON error, or this raises
@@ -133,7 +92,7 @@ def test_a_thousand_mutants_of_each_type_get_200_or_a_4xx_json_error_and_memory_
     assert app.health().status_code == 200
 
 
-def test_a_chunked_upload_past_the_cap_is_refused_with_413(app: App) -> None:
+def test_a_chunked_upload_past_the_cap_is_refused_with_413(app: EngineApp) -> None:
     def body() -> Iterator[bytes]:
         yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.txt\"\r\n\r\n"
         for _ in range(40):
@@ -153,19 +112,19 @@ def test_each_budget_is_held_and_named_and_the_child_is_gone(tmp_path: Path) -> 
     for flags, (status, says) in cases.items():
         with documents_app(tmp_path, *flags) as limited:
             started = time.monotonic()
-            assert_json_refusal(limited.parse(data, "long.docx"), (status,), says)
+            assert_json_refusal(parse(limited, data, "long.docx"), (status,), says)
             assert time.monotonic() - started < 15
             wait_until(lambda app=limited: not app.children(), 5, what="the parse child gone")
-            assert limited.parse(hostile.SMALL_TEXT, "letter.txt").status_code == 200
+            assert parse(limited, hostile.SMALL_TEXT, "letter.txt").status_code == 200
 
 
 def test_health_says_busy_while_every_slot_is_taken_and_a_request_waits_no_longer_than_its_budget(
         tmp_path: Path) -> None:
-    with documents_app(tmp_path, "--threads", "1", "--queue-wait-s", "1") as single:
-        long_parse = ThreadPoolExecutor(1).submit(single.parse, hostile.long_docx(), "long.docx")
+    with documents_app(tmp_path, "--queue-wait-s", "1", threads=1) as single:
+        long_parse = ThreadPoolExecutor(1).submit(parse, single, hostile.long_docx(), "long.docx")
         wait_until(lambda: single.health().status_code == 429, 20, what="/health says busy")
         busy = single.health()
         assert busy.json()["status"] == "busy" and "parse slots busy" in busy.json()["reason"]
-        assert_json_refusal(single.parse(hostile.SMALL_TEXT, "letter.txt"), (503,), "busy for 1 s")
+        assert_json_refusal(parse(single, hostile.SMALL_TEXT, "letter.txt"), (503,), "busy for 1 s")
         assert long_parse.result(60).status_code == 200
         assert single.health().status_code == 200

@@ -9,27 +9,20 @@ covers (time against a normal letter, bad requests, the body cap chunked or not)
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
-from procs import free_port, wait_until
+from procs import wait_until
 from rma.services.apps.money_ner import spacy_model
-from services.hostile_checks import assert_json_refusal, served_meanwhile
+from services.hostile_checks import EngineApp, assert_json_refusal, engine_app, served_meanwhile
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 RSS_GROWTH_LIMIT = 200 * 2**20
@@ -56,57 +49,27 @@ def corpus() -> dict[str, str]:
     }
 
 
-@dataclass
-class App:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def rss(self) -> int:
-        """The app's resident memory, its pipeline processes' included."""
-        main = psutil.Process(self.process.pid)
-        return sum(p.memory_info().rss for p in (main, *main.children(recursive=True)))
-
-    def extract(self, body: dict[str, Any], timeout: float = 120) -> httpx.Response:
-        return httpx.post(f"{self.url}/extract", json=body, timeout=timeout)
-
-    def health(self) -> httpx.Response:
-        return httpx.get(f"{self.url}/health", timeout=5)
+def extract(app: EngineApp, body: dict[str, Any], timeout: float = 120) -> httpx.Response:
+    return httpx.post(f"{app.url}/extract", json=body, timeout=timeout)
 
 
-@contextmanager
-def ner_app(folder: Path, *flags: str) -> Iterator[App]:
-    """ner-extraction on a free port with `flags`, one pipeline thread per process as the driver sets it."""
-    port = free_port()
-    log = folder / f"ner-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "rma.services.apps.ner", "--port", str(port),
-                                    "--model", spacy_model({}) or "en_core_web_sm", *flags],
-                                   env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    app = App(f"http://127.0.0.1:{port}", process)
-    try:
-        wait_until(lambda: app.health().status_code == 200, 100, what=f"ner-extraction healthy ({log})")
-        yield app
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:  # uvicorn waits for the requests still running
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+def ner_app(folder: Path, *flags: str) -> AbstractContextManager[EngineApp]:
+    """ner-extraction with two pipeline processes, one thread each as the driver sets it."""
+    return engine_app("ner", folder, "--model", spacy_model({}) or "en_core_web_sm", "--threads", "2", *flags,
+                      env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}, ready_s=100)
 
 
 def test_adversarial_texts_at_the_limit_are_answered_in_bounded_time_and_memory_while_letters_are_served(
         tmp_path: Path) -> None:
     texts = corpus()
-    with ner_app(tmp_path, "--threads", "2") as app:
-        assert app.extract({"text": LETTER}).status_code == 200  # the pipeline processes warmed
+    with ner_app(tmp_path) as app:
+        assert extract(app, {"text": LETTER}).status_code == 200  # the pipeline processes warmed
         before = app.rss()
-        with served_meanwhile(lambda: app.extract({"text": LETTER}, timeout=60)) as served:
+        with served_meanwhile(lambda: extract(app, {"text": LETTER}, timeout=60)) as served:
             for name, text in texts.items():
                 started = time.monotonic()
                 try:
-                    answer = app.extract({"text": text}, timeout=TEXT_BOUND_S)
+                    answer = extract(app, {"text": text}, timeout=TEXT_BOUND_S)
                 except httpx.TimeoutException:
                     pytest.fail(f"{name}: no answer in {TEXT_BOUND_S:.0f} s")
                 seconds = time.monotonic() - started
@@ -126,17 +89,17 @@ def test_health_says_busy_while_every_process_is_taken_and_a_request_waits_no_lo
         tmp_path: Path) -> None:
     """Two processes, and one batch split across both: it takes both slots, so the app is busy."""
     heavy = ["you owe £5 to BT, " * (CHARS // 18)] * 4
-    with ner_app(tmp_path, "--threads", "2", "--queue-wait-s", "3") as app:
-        batch = ThreadPoolExecutor(1).submit(app.extract, {"texts": heavy})
+    with ner_app(tmp_path, "--queue-wait-s", "3") as app:
+        batch = ThreadPoolExecutor(1).submit(extract, app, {"texts": heavy})
         wait_until(lambda: app.health().status_code == 429, 20, what="/health says busy")
         busy = app.health().json()
         assert busy["status"] == "busy" and "2 spaCy process slots busy" in busy["reason"], busy
         started = time.monotonic()
-        assert_json_refusal(app.extract({"text": LETTER}), (503,), "busy for 3 s")
+        assert_json_refusal(extract(app, {"text": LETTER}), (503,), "busy for 3 s")
         assert 2.5 < time.monotonic() - started < 10
         assert not batch.done(), "the batch ended before the refusal: make it heavier"
         answer = batch.result(120)
         print(f"batch of {len(heavy)} heavy texts: {time.monotonic() - started:.1f} s after the refusal began")
         assert answer.status_code == 200 and len(answer.json()["results"]) == len(heavy), answer.text[:300]
         assert app.health().status_code == 200
-        assert app.extract({"text": LETTER}).status_code == 200
+        assert extract(app, {"text": LETTER}).status_code == 200

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +20,11 @@ import psutil
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from procs import free_port, wait_until
+from procs import wait_until
 from rma.services.apps.page_images import DECODE_BUDGET, MAX_PAGE_POINTS, MAX_PAGES, MAX_PIXELS, MAX_SIDE
 from services import hostile_files as hostile
 from services.driven import driven_service
-from services.hostile_checks import served_meanwhile
+from services.hostile_checks import engine_app, served_meanwhile
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 LETTER = ("Dear Ms Patel", "Your council tax balance is 412.50 GBP", "Please pay by 14 March 2025")
@@ -251,28 +249,12 @@ def test_hundreds_of_truncated_and_bit_flipped_files_get_200_or_a_4xx_json_error
 
 def test_health_says_busy_while_every_slot_is_taken_and_a_page_waits_no_longer_than_its_budget(
         tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "ocr.log").open("wb") as log:
-        single = subprocess.Popen([sys.executable, "-m", "rma.services.apps.ocr", "--port", str(port), "--threads",
-                                   "1", "--queue-wait-s", "1"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: health(url) == 200, 60, what="vision-ocr healthy")
-        slow = ThreadPoolExecutor(1).submit(ocr, url, hostile.fills_bomb(), "slow.pdf")
-        wait_until(lambda: health(url) == 429, 20, what="/health says busy")
-        busy = httpx.get(f"{url}/health", timeout=5).json()
+    with engine_app("ocr", tmp_path, "--threads", "1", "--queue-wait-s", "1") as single:
+        slow = ThreadPoolExecutor(1).submit(ocr, single.url, hostile.fills_bomb(), "slow.pdf")
+        wait_until(lambda: single.status() == 429, 20, what="/health says busy")
+        busy = single.health().json()
         assert busy["status"] == "busy" and "page slots busy" in busy["reason"], busy
-        waited = ocr(url, letter(), "letter.png")
+        waited = ocr(single.url, letter(), "letter.png")
         assert waited.status_code == 503 and "busy for 1 s" in waited.json()["error"]["message"], waited.text
         assert slow.result(60).status_code == 422
-        assert health(url) == 200 and ocr(url, letter(), "letter.png").status_code == 200
-    finally:
-        single.terminate()
-        single.wait(10)
-
-
-def health(url: str) -> int:
-    try:
-        return httpx.get(f"{url}/health", timeout=5).status_code
-    except httpx.HTTPError:
-        return 0
+        assert single.status() == 200 and ocr(single.url, letter(), "letter.png").status_code == 200

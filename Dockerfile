@@ -11,9 +11,10 @@
 FROM debian:bookworm-slim AS python
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 PYTHONUNBUFFERED=1
 # tini as PID 1 passes the stop signal on to rma and reaps the orphans of stopped services; haproxy is
-# the front door of every public listener (the coordinator, an edge worker's routers).
+# the front door of every public listener (the coordinator, an edge worker's routers); nebula joins the
+# mesh (run the container with --cap-add NET_ADMIN --device /dev/net/tun for its tun device).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv tini haproxy \
+    && apt-get install -y --no-install-recommends python3 python3-venv tini haproxy nebula \
     && rm -rf /var/lib/apt/lists/*
 # One unprivileged account owns the data volume and the seed's store paths (PostgreSQL refuses root).
 RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin rma \

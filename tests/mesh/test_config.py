@@ -49,7 +49,7 @@ def test_every_node_punches_at_once_and_notices_a_dead_tunnel_fast(tmp_path: Pat
     for config in (home(tmp_path), lighthouse(tmp_path)):
         settings = parsed(config)
         assert settings["punchy"] == {"punch": True, "respond": True, "delay": "0s"}
-        assert settings["timers"] == {"connection_alive_interval": 2, "pending_deletion_interval": 4}
+        assert settings["timers"] == {"connection_alive_interval": 1, "pending_deletion_interval": 4}
         assert settings["pki"]["disconnect_invalid"] is True
 
 

@@ -110,6 +110,8 @@ async def register(request: Request) -> JSONResponse:
         underlay = state.admission.host(advertised, peer, relayed(request)) if kind == "edge" else peer
         host = state.mesh.admit(body.worker_id, kind, body.mesh_public_key, underlay)
     record, token = state.registry.register(body, host, presented)
+    if state.mesh is not None and kind == "edge":
+        _tell_every_member(state)  # a new lighthouse: members dial it now, not at their next heartbeat
     state.metrics.registrations.inc()
     answer = state.answers.assignment(record) | {
         "status": "registered", "worker_type": record.kind.value,
@@ -210,7 +212,14 @@ async def mesh_revoke(worker_id: str, request: Request) -> dict[str, Any]:
     if worker_id in state.registry.workers:
         state.registry.unregister(worker_id)
         state.answers.forget(worker_id)
+    _tell_every_member(state)  # down every watch stream now: each node drops the worker at once
     return {"status": "revoked", "worker_id": worker_id, "fingerprints": fingerprints}
+
+
+def _tell_every_member(state: CoordinatorState) -> None:
+    """Push every worker its answer now, for what changed for the whole mesh (a revocation, a lighthouse)."""
+    for record in state.registry.workers.values():
+        state.watchers.push(record)
 
 
 @router.get("/api/admin/workers")

@@ -41,6 +41,8 @@ def mesh_unavailable() -> str | None:
     missing = [tool for tool in ("nebula", "nebula-cert") if shutil.which(tool) is None]
     if missing:
         return f"{' and '.join(missing)} not installed (Debian: apt-get install nebula)"
+    if not os.path.exists("/dev/net/tun"):
+        return "no /dev/net/tun here: start the container with --cap-add NET_ADMIN --device /dev/net/tun"
     if os.geteuid() != 0 and not _has_net_admin(shutil.which("nebula") or ""):
         return ("nebula needs CAP_NET_ADMIN for its tun device: run `sudo setcap cap_net_admin=+ep "
                 "$(command -v nebula)`, or start the container with --cap-add NET_ADMIN --device /dev/net/tun")

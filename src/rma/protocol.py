@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from rma.mesh.pki import PUBLIC_KEY
+
 WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SERVICE_STATES = ("starting", "healthy", "running", "unhealthy", "crashed", "failed", "stopped")
 
@@ -36,6 +38,8 @@ Count = Annotated[int, Field(ge=0, le=2**53)]
 ServiceName = Annotated[str, Field(max_length=64)]
 SeedState = Annotated[str, Field(max_length=32)]
 Host = Annotated[str, Field(max_length=255, pattern=r"^[A-Za-z0-9.:\-\[\]]+$")]
+# One key as `nebula-cert keygen` writes it (anchored: a pattern is searched for, not matched whole).
+NEBULA_PUBLIC_KEY = f"^{PUBLIC_KEY.pattern}$"
 
 
 class Tolerant(BaseModel):
@@ -72,7 +76,7 @@ class RegisterRequest(Tolerant):
     advertise_host: Host | None = None
     capabilities: Capabilities = Field(default_factory=lambda: Capabilities())
     # The worker's Nebula public key (PEM), for the mesh's CA to sign; its private key never leaves it.
-    mesh_public_key: str | None = Field(None, max_length=200)
+    mesh_public_key: str | None = Field(None, max_length=200, pattern=NEBULA_PUBLIC_KEY)
 
 
 class ServiceConfig(BaseModel):

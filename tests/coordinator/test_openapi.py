@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from procs import RmaProcess, start_coordinator
 from rma.coordinator.app import create_app
 from rma.coordinator.router_report import ReportBody
 from rma.coordinator.state import CoordinatorSettings
+from rma.mesh.pki import make_node_keys
 from rma.protocol import HeartbeatRequest, HeartbeatResponse, RegisterRequest
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -197,9 +199,9 @@ def test_register_refuses_a_tunnel_url_with_broken_brackets(tmp_path: Path, tunn
 # -- the real process, fuzzed ------------------------------------------------------------------------------
 
 
-def register(url: str, worker_id: str, engines: list[str]) -> dict[str, Any]:
+def register(url: str, worker_id: str, engines: list[str], mesh_key: str | None = None) -> dict[str, Any]:
     response = httpx.post(f"{url}/api/worker/register", headers={"Authorization": f"Bearer {JOIN}"}, timeout=5,
-                          json={"worker_id": worker_id, "advertise_host": "127.0.0.1",
+                          json={"worker_id": worker_id, "advertise_host": "127.0.0.1", "mesh_public_key": mesh_key,
                                 "capabilities": {"worker_type": "cpu", "engines": engines}})
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
@@ -258,14 +260,24 @@ def tolerated(failure: Exception, case: schemathesis.Case, response: Any) -> boo
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_fuzzing_the_real_coordinator_finds_no_server_error(tmp_path: Path, processes: list[RmaProcess]) -> None:
+@pytest.mark.parametrize("mesh", [
+    False, pytest.param(True, marks=pytest.mark.skipif(shutil.which("nebula-cert") is None,
+                                                       reason="nebula-cert is not installed"))], ids=["lan", "mesh"])
+def test_fuzzing_the_real_coordinator_finds_no_server_error(tmp_path: Path, processes: list[RmaProcess],
+                                                            mesh: bool) -> None:
+    """Once as a LAN pool, once on the mesh (where registration takes a public key and signs it)."""
     # A long interval: nobody is swept down (and has its services moved) while the fuzz runs.
     coordinator, url = start_coordinator(tmp_path, interval=60.0, env={
-        "RMA_JOIN_TOKEN": JOIN, "RMA_ADMIN_TOKEN": ADMIN, "RMA_API_KEYS": KEY})
+        "RMA_JOIN_TOKEN": JOIN, "RMA_ADMIN_TOKEN": ADMIN, "RMA_API_KEYS": KEY,
+        **({"RMA_MESH_NETWORK": "198.19.0.0/16"} if mesh else {})})
     processes.append(coordinator)
-    keeper = register(url, "keeper-before-the-fuzz", ["spacy", "pdf-docx"])
-    assert keeper["assigned_services"]
-    target = register(url, "heartbeat-target", ["spacy"])  # the fuzzed heartbeats speak as this worker
+
+    def key(worker_id: str) -> str | None:
+        return make_node_keys(tmp_path / worker_id) if mesh else None
+
+    keeper = register(url, "keeper-before-the-fuzz", ["spacy", "pdf-docx"], key("keeper"))
+    assert keeper["assigned_services"] and (keeper["mesh"] is not None) == mesh
+    target = register(url, "heartbeat-target", ["spacy"], key("target"))  # the fuzzed heartbeats speak as this one
 
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")  # public: no credentials
     operations = [result.ok() for result in schema.get_all_operations()]

@@ -19,14 +19,10 @@ from pathlib import Path
 
 from rma.coordinator.store import MeshNode, Revoked, Store
 from rma.mesh.config import LIGHTHOUSE_PORT
-from rma.mesh.pki import BadPublicKey, Certificate, MeshCa, check_public_key
-from rma.protocol import ApiError, Forbidden, Lighthouse, MeshMembership, NotFound
+from rma.mesh.pki import Certificate, MeshCa
+from rma.protocol import Forbidden, Lighthouse, MeshMembership, NotFound
 
 CERTIFICATE_S = 24 * 3600  # a node certificate's life: renewed over heartbeats at half of it
-
-
-class BadRequest(ApiError):
-    status = 400
 
 
 @dataclass(frozen=True)
@@ -52,10 +48,6 @@ class MeshAuthority:
         if public_key is None:
             raise Forbidden("this pool runs on the mesh: the worker needs Nebula (`nebula-cert` on PATH; Debian: "
                             "apt-get install nebula) and sends its public key as mesh_public_key")
-        try:
-            check_public_key(public_key)
-        except BadPublicKey as exc:
-            raise BadRequest(str(exc)) from None
         if any(entry.worker_id == worker_id or entry.public_key == public_key for entry in self.revoked.values()):
             raise Forbidden(f"worker {worker_id!r} or its key was revoked from the mesh: it cannot join again")
         known = self.nodes.get(worker_id)

@@ -256,7 +256,6 @@ def _worker_paths(too_large: Json) -> Json:
                 "RegisterRequest")}}},
             "responses": {
                 "200": _json("Registered: the assignment and the worker's token.", _ref("RegisterResponse")),
-                "400": _error("On a pool that runs on the mesh: mesh_public_key is not a Nebula public key."),
                 "401": _error("RMA_JOIN_TOKEN is set and the bearer token is missing or not it."),
                 "403": _error("RMA_JOIN_TOKEN is unset and the caller is not on loopback; or the worker may not "
                               "register as the host it advertises (not its own address, loopback from another "

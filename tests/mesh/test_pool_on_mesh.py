@@ -6,8 +6,9 @@
 
 No home has an inbound port. Each worker makes its key, joins with it, runs Nebula and binds its
 services to its overlay address; routers and the coordinator list it there. A service on a home is
-reached over the mesh from the edge, never off it; kill -9 of a home worker moves its redis to the
-other home, reached through the relay; a revoked worker is cut off within a few heartbeats.
+reached over the mesh from the edge, never off it, nor from another store (the catalogue's tier fences);
+kill -9 of a home worker moves its redis to the other home, reached through the relay; a revoked worker
+is cut off within a few heartbeats.
 """
 
 from __future__ import annotations
@@ -116,10 +117,17 @@ def test_home_workers_join_with_no_inbound_port_and_are_listed_at_their_overlay_
     assert not pool.net.call(pool.net.edge_ns, redis_ping, home.public, replica["port"], replica["secret"], 1.0)
 
 
-def test_a_killed_home_workers_redis_is_served_by_the_other_home_through_the_relay(pool: Pool) -> None:
-    wait_until(lambda: pool.redis_on("h1"), 60, what="redis healthy on h1")
+def test_a_store_is_fenced_and_a_killed_home_workers_redis_is_served_by_the_other_home_through_the_relay(
+        pool: Pool) -> None:
+    on_h1 = wait_until(lambda: pool.redis_on("h1"), 60, what="redis healthy on h1")
     pool.start_worker("h2", pool.net.homes["h2"].ns, "storage")
     wait_until(lambda: "h2" in pool.listed(), 40, what=f"h2 joined\n{pool.log('h2')}")
+    edge_overlay = pool.listed()["edge"]["host"]
+    h2 = pool.net.homes["h2"].ns
+    wait_until(lambda: pool.net.ping(h2, edge_overlay), 20, what="h2 on the mesh")
+    # The tier fence: a store is reached by the routers, the applications and clients, not by another store.
+    assert not pool.net.call(h2, redis_ping, on_h1["host"], on_h1["port"], on_h1["secret"], 1.0)
+    assert pool.net.call(pool.net.edge_ns, redis_ping, on_h1["host"], on_h1["port"], on_h1["secret"])
     pool.workers["h1"].kill()  # kill -9 of the worker (its Nebula dies with it)
     killed = time.monotonic()
     replica = wait_until(lambda: pool.redis_on("h2"), 60, what=f"redis healthy on h2\n{pool.log('h2')}")

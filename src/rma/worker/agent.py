@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import psutil
 
 from rma.catalog import BY_NAME
-from rma.mesh.config import InboundRule
 from rma.protocol import Assignment, Capabilities, HeartbeatRequest, RegisterRequest, ServiceConfig, ServiceStatus
 from rma.services import DRIVERS, ServiceDriver
 from rma.worker.client import (
@@ -30,7 +29,7 @@ from rma.worker.client import (
 )
 from rma.worker.config import Identity, WorkerConfig, load_identity, save_identity
 from rma.worker.engines import service_dir
-from rma.worker.mesh_node import MeshError, MeshNode
+from rma.worker.mesh_node import MeshError, MeshNode, fences
 from rma.worker.probe import Probe
 from rma.worker.reconcile import Running, diff
 from rma.worker.supervisor import Placement, Policy, State, Supervisor
@@ -43,9 +42,6 @@ UNREGISTER_TIMEOUT_S = 3.0
 WATCH_RETRY_S = 0.5
 # The coordinator writes a keep-alive line every interval; this many silent intervals end the stream.
 WATCH_IDLE_INTERVALS = 3
-# Who on the mesh may reach this worker's services: every member, for now (services bind the overlay address
-# only, so nothing off the mesh reaches them at all).
-MESH_INBOUND = (InboundRule("any", "tcp"),)
 
 
 @dataclass(frozen=True)
@@ -209,8 +205,10 @@ class Agent:
         if answer.mesh is not None:
             if self.mesh is None:
                 raise MeshError("the pool runs on the mesh, and Nebula cannot run here")
-            # Before any service starts: they bind to the overlay address, which Nebula brings up.
-            await self.mesh.apply(answer.mesh, MESH_INBOUND)
+            # Before any service starts: they bind to the overlay address, which Nebula brings up, and each
+            # assigned port is fenced to those the catalogue lets reach it.
+            await self.mesh.apply(answer.mesh, fences((c.name, c.port) for c in answer.service_configs
+                                                      if c.name in answer.assigned_services))
         if self.on_assignment and tuple(answer.assigned_services) != self._assigned:
             self.on_assignment(answer)
         self._assigned = tuple(answer.assigned_services)

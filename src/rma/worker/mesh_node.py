@@ -16,10 +16,12 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
 
+from rma.catalog import BY_NAME
 from rma.files import write_private
 from rma.mesh.config import LIGHTHOUSE_PORT, InboundRule, Lighthouse, NodeConfig, render
 from rma.mesh.pki import make_node_keys
@@ -57,11 +59,19 @@ def _has_net_admin(path: str) -> bool:
         return False
 
 
+def fences(services: Iterable[tuple[str, int]]) -> tuple[InboundRule, ...]:
+    """The firewall of a node running `services` (name, port): each port open to the groups the catalogue
+    says may reach that service, and to no one else (a rule per group: Nebula's groups in one rule are ANDed)."""
+    return tuple(InboundRule(port, "tcp", (group,)) for name, assigned in services if name in BY_NAME
+                 for port in (assigned, *BY_NAME[name].more_ports) for group in BY_NAME[name].reached_by)
+
+
 class MeshNode:
     def __init__(self, folder: Path, log_path: Path) -> None:
         self.folder, self.log_path = folder, log_path
         self.config_path = folder / "config.json"
         self.membership: MeshMembership | None = None
+        self.inbound: tuple[InboundRule, ...] = ()
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()  # the heartbeat loop and the watch stream both apply answers
 
@@ -76,7 +86,7 @@ class MeshNode:
     async def apply(self, membership: MeshMembership, inbound: tuple[InboundRule, ...]) -> None:
         """Write what `membership` says; start Nebula (and wait for its tun) or have it reload what changed."""
         async with self._lock:
-            if membership != self.membership or not self._running():
+            if (membership, inbound) != (self.membership, self.inbound) or not self._running():
                 await self._apply(membership, inbound)
 
     async def _apply(self, membership: MeshMembership, inbound: tuple[InboundRule, ...]) -> None:
@@ -94,7 +104,7 @@ class MeshNode:
         except ValueError as exc:  # the coordinator's answer does not make a config: a home node with no lighthouse
             raise MeshError(f"no node config from the coordinator's membership: {exc}") from None
         write_private(self.config_path, text)
-        self.membership = membership
+        self.membership, self.inbound = membership, inbound
         if self._running():
             assert self._process is not None
             self._process.send_signal(signal.SIGHUP)

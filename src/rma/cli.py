@@ -125,27 +125,40 @@ def tls_ca(
 
 @app.command("mesh-revoke")
 def mesh_revoke(
-    worker_id: str = typer.Argument(..., help="The worker to cut off the mesh."),
+    worker_id: str = typer.Argument(..., help="The worker (or client member) to cut off the mesh."),
     coordinator: str = typer.Option("http://127.0.0.1:8080", "--coordinator", envvar="COORDINATOR_URL",
                                     help="Coordinator URL."),
     admin_token: str | None = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False),
 ) -> None:
-    """Revoke a worker's mesh certificates: every node drops it within one heartbeat interval, for good."""
-    import httpx
+    """Revoke a worker's mesh certificates: every node drops it within seconds, and it never joins again."""
+    from rma.mesh_admin import AdminRefused, revoke
 
-    from rma.front import client_context
-
-    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
-    url = f"{coordinator.split(',')[0].strip().rstrip('/')}/api/admin/mesh/revoke/{worker_id}"
     try:
-        answer = httpx.post(url, headers=headers, timeout=10, verify=client_context())
-    except httpx.HTTPError as exc:
-        typer.echo(f"the coordinator could not be reached: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if answer.status_code != 200:
-        typer.echo(f"refused ({answer.status_code}): {answer.text[:300]}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"revoked {worker_id}: {', '.join(answer.json()['fingerprints']) or 'no live certificate'}")
+        fingerprints = revoke(coordinator.split(",")[0].strip(), admin_token, worker_id)
+    except AdminRefused as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"revoked {worker_id}: {', '.join(fingerprints) or 'no live certificate'}")
+
+
+@app.command("client-cert")
+def client_cert(
+    name: str = typer.Argument(..., help="The application's name on the mesh."),
+    folder: Path = typer.Option(Path(".rma/mesh-client"), "--dir", help="Where its key, certificate and config go."),
+    coordinator: str = typer.Option("http://127.0.0.1:8080", "--coordinator", envvar="COORDINATOR_URL",
+                                    help="Coordinator URL."),
+    admin_token: str | None = typer.Option(None, envvar="RMA_ADMIN_TOKEN", show_default=False),
+) -> None:
+    """Admit an application's server to the mesh (run it there: its private key is made here and stays)."""
+    from rma.mesh_admin import AdminRefused, client_member
+
+    try:
+        config = client_member(coordinator.split(",")[0].strip(), admin_token, name, folder)
+    except AdminRefused as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{name} is a client member: run `sudo nebula -config {config}`, then use the addresses "
+               "`rma discover` gives")
 
 
 register_worker_commands(app)

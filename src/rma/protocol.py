@@ -99,6 +99,14 @@ class Lighthouse(BaseModel):
     underlay: str  # host:port of its UDP listener, on the internet
 
 
+class ClientRequest(BaseModel):
+    """A client member the operator admits to the mesh: an application's server, by its public key."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: WorkerId
+    public_key: str = Field(max_length=200, pattern=NEBULA_PUBLIC_KEY)
+
+
 class MeshMembership(BaseModel):
     """A worker's place on the mesh: its certificate and whom it trusts, renewed and revoked over heartbeats."""
 

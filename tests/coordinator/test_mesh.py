@@ -150,3 +150,24 @@ def test_the_ca_key_is_private_and_a_pool_without_the_mesh_answers_none(tmp_path
         answer = api.post("/api/worker/register", json={"worker_id": "cpu-1"})
         assert answer.status_code == 200 and answer.json()["mesh"] is None
         assert api.post("/api/admin/mesh/revoke/cpu-1").status_code == 404
+
+
+def test_an_applications_server_joins_as_a_client_member_and_can_be_revoked(tmp_path: Path) -> None:
+    with mesh_client(tmp_path / "coordinator") as api:
+        join(api, "cpu-1", make_node_keys(tmp_path / "worker"))
+        key = make_node_keys(tmp_path / "app")
+        assert api.post("/api/admin/mesh/clients", json={"name": "app", "public_key": key}).status_code == 401
+        answer = api.post("/api/admin/mesh/clients", json={"name": "app", "public_key": key}, headers=ADMIN)
+        assert answer.status_code == 200, answer.text
+        member = answer.json()
+        verify(tmp_path / "app", member)
+        assert member["groups"] == ["client"] and member["expires"] > time.time() + 29 * 24 * 3600
+        assert ipaddress.IPv4Interface(member["address"]).network == NETWORK
+        taken = api.post("/api/admin/mesh/clients", json={"name": "cpu-1", "public_key": key}, headers=ADMIN)
+        assert taken.status_code == 409 and "worker" in taken.json()["error"]
+        forged = api.post("/api/admin/mesh/clients", json={"name": "x", "public_key": "hello"}, headers=ADMIN)
+        assert forged.status_code == 422
+        revoked = api.post("/api/admin/mesh/revoke/app", headers=ADMIN).json()["fingerprints"]
+        assert len(revoked) == 1
+        again = api.post("/api/admin/mesh/clients", json={"name": "app", "public_key": key}, headers=ADMIN)
+        assert again.status_code == 403

@@ -148,10 +148,12 @@ class SmallInternet:
     def name(self, role: str) -> str:
         return f"{self.token}-{role}"
 
-    def run(self, ns: str, *argv: str, timeout: float = 10, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """`argv` run in namespace `ns`; RuntimeError (with its output) when it fails and `check`."""
+    def run(self, ns: str, *argv: str, timeout: float = 10, check: bool = True,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`argv` run in namespace `ns` (with `env` added, as `start` does); RuntimeError (with its output) when
+        it fails and `check`."""
         done = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout,
-                              check=False)
+                              check=False, env={**os.environ, **(env or {})})
         if check and done.returncode != 0:
             raise RuntimeError(f"{ns}: {' '.join(argv)} -> {done.returncode}\n{done.stdout}{done.stderr}")
         return done

@@ -3,6 +3,7 @@
     edge ns  198.18.0.10  the coordinator (RMA_MESH_NETWORK) and an edge worker: the lighthouse and relay
     h1       behind plain masquerade     a storage worker
     h2       behind a symmetric NAT      a storage worker, reached through the relay
+    app      behind plain masquerade     an application's server, a client member (`rma client-cert`)
 
 No home has an inbound port. Each worker makes its key, joins with it, runs Nebula and binds its
 services to its overlay address; routers and the coordinator list it there. A service on a home is
@@ -89,7 +90,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     top = tmp_path_factory.getbasetemp()
     for entered in (folder, top, top.parent):  # the stores' own accounts (postgres, rma) pass through to their data
         entered.chmod(entered.stat().st_mode | 0o011)
-    with small_internet(folder / "net", [Site("h1"), Site("h2", symmetric=True)]) as net:
+    with small_internet(folder / "net", [Site("h1"), Site("h2", symmetric=True), Site("app")]) as net:
         running = Pool(net, folder)
         net.start(net.edge_ns, [sys.executable, "-m", "rma", "coordinator", "--host", net.edge_address, "--port",
                                 "8080", "--data-dir", str(folder / "coordinator"), "--heartbeat-interval",
@@ -133,6 +134,18 @@ def test_a_store_is_fenced_and_a_killed_home_workers_redis_is_served_by_the_othe
     replica = wait_until(lambda: pool.redis_on("h2"), 60, what=f"redis healthy on h2\n{pool.log('h2')}")
     assert pool.net.call(pool.net.edge_ns, redis_ping, replica["host"], replica["port"], replica["secret"])
     print(f"redis served from h2 (behind the symmetric NAT) {time.monotonic() - killed:.1f} s after h1 died")
+
+
+def test_an_applications_server_joins_as_a_client_member_and_reaches_the_stores(pool: Pool) -> None:
+    replica = wait_until(lambda: pool.redis_on("h2"), 60, what="redis healthy on h2")
+    app, folder = pool.net.homes["app"].ns, pool.folder / "app-member"
+    made = pool.net.run(app, sys.executable, "-m", "rma", "client-cert", "app", "--dir", str(folder),
+                        "--coordinator", pool.coordinator, timeout=30, env={"RMA_ADMIN_TOKEN": ADMIN})
+    assert "is a client member" in made.stdout, made.stdout + made.stderr
+    assert (folder / "host.key").stat().st_mode & 0o777 == 0o600
+    pool.net.start(app, ["nebula", "-config", str(folder / "config.json")], pool.folder / "app-nebula.log")
+    assert wait_until(lambda: pool.net.call(app, redis_ping, replica["host"], replica["port"], replica["secret"],
+                                            1.0), 20, what="redis on h2 from the client member")
 
 
 def test_a_revoked_home_worker_is_cut_off_within_a_few_heartbeats(pool: Pool) -> None:

@@ -20,9 +20,10 @@ from pathlib import Path
 from rma.coordinator.store import MeshNode, Revoked, Store
 from rma.mesh.config import LIGHTHOUSE_PORT
 from rma.mesh.pki import Certificate, MeshCa
-from rma.protocol import Forbidden, Lighthouse, MeshMembership, NotFound
+from rma.protocol import Conflict, Forbidden, Lighthouse, MeshMembership, NotFound
 
 CERTIFICATE_S = 24 * 3600  # a node certificate's life: renewed over heartbeats at half of it
+CLIENT_CERTIFICATE_S = 30 * 24 * 3600  # a client member's: it does not beat, so the operator renews it
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class MeshSettings:
     network: ipaddress.IPv4Network
     certificate_s: int = CERTIFICATE_S
     lighthouse_port: int = LIGHTHOUSE_PORT
+    client_certificate_s: int = CLIENT_CERTIFICATE_S
 
 
 class MeshAuthority:
@@ -44,7 +46,7 @@ class MeshAuthority:
         self.generation = 0
 
     def admit(self, worker_id: str, kind: str, public_key: str | None, underlay: str) -> str:
-        """The overlay address a registering worker gets (signing its key): Forbidden or BadRequest says why not."""
+        """The overlay address a registering worker gets (signing its key); Forbidden says why not."""
         if public_key is None:
             raise Forbidden("this pool runs on the mesh: the worker needs Nebula (`nebula-cert` on PATH; Debian: "
                             "apt-get install nebula) and sends its public key as mesh_public_key")
@@ -59,6 +61,17 @@ class MeshAuthority:
         if kind == "edge":
             self.generation += 1
         return str(ipaddress.IPv4Interface(address).ip)
+
+    def admit_client(self, name: str, public_key: str) -> MeshMembership:
+        """A client member's place (an application's server, group `client`): it reaches what the catalogue lets
+        clients reach (the stores, the load balancer); Conflict where `name` is a worker's."""
+        known = self.nodes.get(name)
+        if known is not None and known.kind != "client":
+            raise Conflict(f"{name!r} is a worker on the mesh: a client member needs a name of its own")
+        self.admit(name, "client", public_key, "")
+        membership = self.membership(name)
+        assert membership is not None  # admitted just now
+        return membership
 
     def membership(self, worker_id: str) -> MeshMembership | None:
         """What the worker is told of the mesh now (its certificate renewed if half its time is gone)."""
@@ -100,8 +113,9 @@ class MeshAuthority:
         return [entry.fingerprint for entry in entries]
 
     def _sign(self, node: MeshNode) -> Certificate:
+        duration = self.settings.client_certificate_s if node.kind == "client" else self.settings.certificate_s
         certificate = self.ca.sign(node.worker_id, node.public_key, ipaddress.IPv4Interface(node.address),
-                                   [node.kind], self.settings.certificate_s)
+                                   [node.kind], duration)
         self.store.save_issued(certificate.fingerprint, node.worker_id, certificate.expires)
         return certificate
 

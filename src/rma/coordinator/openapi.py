@@ -19,13 +19,22 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from rma import catalog
 from rma.coordinator.router_report import ReportBody
-from rma.protocol import ErrorBody, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse
+from rma.protocol import (
+    ClientRequest,
+    ErrorBody,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    MeshMembership,
+    RegisterRequest,
+    RegisterResponse,
+)
 
 Json = dict[str, Any]
 REF = "#/components/schemas/{model}"
 MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (RegisterRequest, "validation"), (RegisterResponse, "serialization"), (HeartbeatRequest, "validation"),
     (HeartbeatResponse, "serialization"), (ErrorBody, "serialization"), (ReportBody, "validation"),
+    (ClientRequest, "validation"), (MeshMembership, "serialization"),
 ]
 # rma.protocol checks a tunnel URL in an AfterValidator, which its JSON schema cannot show: the same rule here,
 # with Python's `\s` spelled out (it takes more than JSON Schema's: \x1c-\x1f and \x85 too).
@@ -222,6 +231,16 @@ def _complete(path: str, operation: Json, too_large: Json) -> None:
         operation["parameters"][0]["examples"] = {name: {"value": name} for name in ("ner-extraction", "redis")}
         responses["404"] = _error("The catalogue has no such service.")
         responses["503"] = _error("No worker serves the service healthily now.")
+    elif path == "/api/admin/mesh/clients":
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(
+            "ClientRequest")}}}
+        responses["200"] = _json("Admitted: the client member's certificate, the CA and the lighthouses.",
+                                 _ref("MeshMembership"))
+        responses["404"] = _error("The pool does not run on the mesh.")
+        responses["403"] = _error("The name or the key was revoked from the mesh.")
+        responses["409"] = _error("The name is a worker's.")
+        responses["413"] = too_large
+        responses["422"] = _error("The body is not JSON, or not a ClientRequest.")
     elif path == "/api/admin/mesh/revoke/{worker_id}":
         responses.pop("422", None)  # a str path parameter: nothing for FastAPI to refuse
         responses["404"] = _error("The pool does not run on the mesh, or the worker has no place on it.")

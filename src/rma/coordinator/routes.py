@@ -32,6 +32,7 @@ from rma.gap_reasons import short_reason
 from rma.placement import gap_report
 from rma.protocol import (
     ApiError,
+    ClientRequest,
     HeartbeatRequest,
     NotFound,
     RegisterRequest,
@@ -214,6 +215,17 @@ async def mesh_revoke(worker_id: str, request: Request) -> dict[str, Any]:
         state.answers.forget(worker_id)
     _tell_every_member(state)  # down every watch stream now: each node drops the worker at once
     return {"status": "revoked", "worker_id": worker_id, "fingerprints": fingerprints}
+
+
+@router.post("/api/admin/mesh/clients")
+async def mesh_client(request: Request) -> dict[str, Any]:
+    """Admit an application's server to the mesh as a client member (group `client`): its certificate, the CA
+    and the lighthouses, for `rma client-cert` to write its Nebula config."""
+    state = _admin(request)
+    if state.mesh is None:
+        raise NotFound("this pool does not run on the mesh (RMA_MESH_NETWORK is unset)")
+    body = await _parse(request, ClientRequest)
+    return state.mesh.admit_client(body.name, body.public_key).model_dump()
 
 
 def _tell_every_member(state: CoordinatorState) -> None:

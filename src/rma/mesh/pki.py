@@ -22,7 +22,8 @@ from pathlib import Path
 from rma.files import write_private
 
 CA_DURATION_H = 5 * 365 * 24  # the CA's own lifetime: a pool's; node certificates are far shorter
-PUBLIC_KEY = re.compile(r"-----BEGIN NEBULA X25519 PUBLIC KEY-----\n[A-Za-z0-9+/=\n]{40,80}\n"
+# One X25519 key: 32 bytes, 44 characters of base64 (any 32 bytes are a key, so this is the whole check).
+PUBLIC_KEY = re.compile(r"-----BEGIN NEBULA X25519 PUBLIC KEY-----\n[A-Za-z0-9+/]{43}=\n"
                         r"-----END NEBULA X25519 PUBLIC KEY-----\n?")
 GROUP = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,14 @@ TOKEN = "adm-status-test"
 
 
 def worker(worker_id: str, kind: str, statuses: dict[str, Any], *, healthy: bool = True, age: float = 2.4,
-           host: str = "192.168.10.23") -> dict[str, Any]:
+           host: str = "192.168.10.23", mesh: dict[str, Any] | None = None) -> dict[str, Any]:
     """One entry of GET /api/admin/workers, as coordinator/routes.py writes it."""
     return {
         "worker_id": worker_id, "worker_type": kind, "host": host, "tunnel_url": None,
         "healthy": healthy, "is_healthy": healthy, "status": "healthy" if healthy else "down",
         "assigned_services": list(statuses), "services_status": statuses,
         "capabilities": {"worker_type": kind}, "current_load": 0.37, "metrics": {}, "holds_data": [],
-        "registered_at": 1_760_000_000.0, "last_heartbeat": 1_760_000_100.0, "age_seconds": age,
+        "registered_at": 1_760_000_000.0, "last_heartbeat": 1_760_000_100.0, "age_seconds": age, "mesh": mesh,
     }
 
 
@@ -45,7 +46,8 @@ WORKERS = [
     worker("cpu-laptop-ana", "cpu", {"vision-ocr": state("healthy"), "document-processing": state("starting"),
                                      "ner-extraction": state("healthy"), "notes-coa": state("crashed", 3)}),
     worker("gpu-gtx1650-bilal", "gpu", {"rag-embeddings": state("starting")}),
-    worker("storage-redis-cho", "storage", {"redis": state("healthy")}),
+    worker("storage-redis-cho", "storage", {"redis": state("healthy")}, host="198.19.0.7",
+           mesh={"address": "198.19.0.7/16", "groups": ["storage"], "expires": time.time() + 20 * 3600 + 60}),
     # The seed's own agent reports bare state strings; a generated id is "worker-" and 12 hex digits.
     worker("worker-3f9a1c07be42", "cpu", {"ner-extraction": "running"}, age=0.4),
     # The longest id the protocol accepts, on a worker that was handed every service and is now down.
@@ -159,8 +161,9 @@ def test_wide_shows_every_column_and_the_full_reasons() -> None:
     code, text = shown(wide=True)
     assert code == 0
     assert sorted(first_cells(text, "service")) == sorted(NAMES)
-    for header in ("host", "load", "last beat", "priority", "port", "assigned", "healthy"):
+    for header in ("host", "mesh", "load", "last beat", "priority", "port", "assigned", "healthy"):
         assert f" {header} " in text
+    assert "storage, 20h left" in " ".join(text.split())  # a worker on the mesh: its group, its certificate
     assert "redis (healthy)" in text and "notes-coa (crashed)" in text and "ner-extraction (running)" in text
     assert "192.168.10.23" in text and "w" * 64 in text
     flat = " ".join(text.split())

@@ -9,6 +9,7 @@ are built from the two answers alone.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,16 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.0f}h"
 
 
+def _mesh(worker: dict[str, Any]) -> str:
+    """The worker's certificate: its groups and how long it has left ("-" off the mesh)."""
+    mesh = worker.get("mesh")
+    if not isinstance(mesh, dict):
+        return "-"
+    expires = mesh.get("expires")
+    left = f", {_age(max(0.0, expires - time.time()))} left" if isinstance(expires, int | float) else ""
+    return f"{','.join(mesh.get('groups') or [])}{left}"
+
+
 def _marked(worker: dict[str, Any]) -> Text:
     text = Text()
     for i, name in enumerate(worker["assigned_services"]):
@@ -106,6 +117,7 @@ def workers_table(workers: list[dict[str, Any]], wide: bool = False) -> Table:
     table.add_column("kind", width=None if wide else len("storage"))
     if wide:
         table.add_column("host")
+        table.add_column("mesh")
     table.add_column("state", width=None if wide else len("healthy"))
     table.add_column("services", overflow="fold")
     if wide:
@@ -115,7 +127,7 @@ def workers_table(workers: list[dict[str, Any]], wide: bool = False) -> Table:
         state = "[green]healthy[/]" if w["healthy"] else "[red]down[/]"
         if wide:
             services = "\n".join(f"{n} ({_state_of(w, n) or '?'})" for n in w["assigned_services"]) or "-"
-            table.add_row(w["worker_id"], w["worker_type"], w["host"], state, services,
+            table.add_row(w["worker_id"], w["worker_type"], w["host"], _mesh(w), state, services,
                           f"{w['current_load']:.2f}", f"{w['age_seconds']:.1f}s ago")
         else:
             table.add_row(w["worker_id"], w["worker_type"], state, _marked(w), _age(w["age_seconds"]))

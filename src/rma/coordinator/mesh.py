@@ -85,6 +85,14 @@ class MeshAuthority:
             address=node.address, certificate=certificate.pem, ca=self.ca.certificate, groups=list(certificate.groups),
             expires=certificate.expires, lighthouses=self.lighthouses(), blocklist=sorted(self.revoked))
 
+    def summary(self, worker_id: str) -> dict[str, object] | None:
+        """The worker's place on the mesh, for operators: overlay address, groups, certificate expiry."""
+        node, certificate = self.nodes.get(worker_id), self.certificates.get(worker_id)
+        if node is None:
+            return None
+        return {"address": node.address, "groups": list(certificate.groups) if certificate else [node.kind],
+                "expires": certificate.expires if certificate else None}
+
     def version(self, worker_id: str) -> tuple[object, ...]:
         """Changes whenever `membership` would say something new: the key of a cached answer."""
         certificate = self.certificates.get(worker_id)

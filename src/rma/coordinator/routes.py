@@ -179,7 +179,7 @@ def _admin(request: Request) -> CoordinatorState:
     return state
 
 
-def _worker_json(record: WorkerRecord, now: float) -> dict[str, Any]:
+def _worker_json(record: WorkerRecord, now: float, mesh: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "worker_id": record.worker_id,
         "worker_type": record.kind.value,
@@ -199,6 +199,7 @@ def _worker_json(record: WorkerRecord, now: float) -> dict[str, Any]:
         "registered_at": record.registered_at,
         "last_heartbeat": record.last_seen,
         "age_seconds": round(now - record.last_seen, 3),
+        "mesh": mesh,  # its overlay address, groups and certificate's expiry, on a pool that runs on the mesh
     }
 
 
@@ -238,7 +239,9 @@ def _tell_every_member(state: CoordinatorState) -> None:
 async def admin_workers(request: Request) -> dict[str, Any]:
     state = _admin(request)
     now = state.registry.clock()
-    workers = [_worker_json(r, now) for r in state.registry.workers.values()]
+    mesh = state.mesh
+    workers = [_worker_json(r, now, mesh.summary(r.worker_id) if mesh else None)
+               for r in state.registry.workers.values()]
     return {"workers": workers, "total": len(workers), "healthy": sum(1 for w in workers if w["healthy"])}
 
 

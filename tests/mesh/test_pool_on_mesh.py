@@ -116,6 +116,17 @@ def test_home_workers_join_with_no_inbound_port_and_are_listed_at_their_overlay_
     assert not pool.net.call(home.router_ns, redis_ping, home.address, replica["port"], replica["secret"], 1.0)
     # And no home has an inbound port on its router: nothing on the internet reaches it.
     assert not pool.net.call(pool.net.edge_ns, redis_ping, home.public, replica["port"], replica["secret"], 1.0)
+    # A request through the edge worker's load balancer reaches chromadb on the home, over the mesh.
+    balancer = wait_until(lambda: (pool.admin("/api/services/discover/load-balancer") or {}).get("workers"), 30,
+                          what="the load balancer on the edge worker")[0]
+    wait_until(lambda: pool.admin("/api/services/discover/chromadb"), 60, what="chromadb healthy on h1")
+
+    def heartbeat() -> str | None:
+        answer = pool.net.http_get(pool.net.edge_ns, balancer["host"], balancer["port"],
+                                   "/service/chromadb/api/v2/heartbeat", timeout=3)
+        return answer if answer and "nanosecond heartbeat" in answer else None
+
+    wait_until(heartbeat, 20, what="chromadb's heartbeat through the load balancer (its table refreshes each second)")
 
 
 def test_a_store_is_fenced_and_a_killed_home_workers_redis_is_served_by_the_other_home_through_the_relay(

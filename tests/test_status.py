@@ -47,7 +47,8 @@ WORKERS = [
                                      "ner-extraction": state("healthy"), "notes-coa": state("crashed", 3)}),
     worker("gpu-gtx1650-bilal", "gpu", {"rag-embeddings": state("starting")}),
     worker("storage-redis-cho", "storage", {"redis": state("healthy")}, host="198.19.0.7",
-           mesh={"address": "198.19.0.7/16", "groups": ["storage"], "expires": time.time() + 20 * 3600 + 60}),
+           mesh={"address": "198.19.0.7/16", "groups": ["storage"], "expires": time.time() + 20 * 3600 + 60,
+                 "tunnels": {"direct": 2, "relayed": 1, "lighthouse_rtt_ms": 0.42}}),
     # The seed's own agent reports bare state strings; a generated id is "worker-" and 12 hex digits.
     worker("worker-3f9a1c07be42", "cpu", {"ner-extraction": "running"}, age=0.4),
     # The longest id the protocol accepts, on a worker that was handed every service and is now down.
@@ -163,7 +164,8 @@ def test_wide_shows_every_column_and_the_full_reasons() -> None:
     assert sorted(first_cells(text, "service")) == sorted(NAMES)
     for header in ("host", "mesh", "load", "last beat", "priority", "port", "assigned", "healthy"):
         assert f" {header} " in text
-    assert "storage, 20h left" in " ".join(text.split())  # a worker on the mesh: its group, its certificate
+    flat = " ".join(text.split())  # a worker on the mesh: its group, its certificate, its tunnels
+    assert "storage, 20h left, 2 direct, 1 relayed, lighthouse 0.4 ms" in flat.replace("│", "").replace("  ", " ")
     assert "redis (healthy)" in text and "notes-coa (crashed)" in text and "ner-extraction (running)" in text
     assert "192.168.10.23" in text and "w" * 64 in text
     flat = " ".join(text.split())

@@ -144,6 +144,14 @@ class ServiceStatus(Tolerant):
     message: str = Field("", max_length=500)
 
 
+class MeshState(Tolerant):
+    """How a worker's node is reached now: its tunnels by path, and the round trip to its lighthouse."""
+
+    direct: Count = 0  # tunnels to peers whose packets go straight (a hole punched, or a public address)
+    relayed: Count = 0  # tunnels through a relay (a peer, or this node, behind a NAT no punch passes)
+    lighthouse_rtt_ms: Amount | None = None
+
+
 class HeartbeatRequest(Tolerant):
     worker_id: WorkerId
     status: str = Field("healthy", max_length=32)
@@ -154,6 +162,7 @@ class HeartbeatRequest(Tolerant):
     active_requests: Count = 0
     # The seed's agent sends {name: "running"}; ours sends {name: ServiceStatus}.
     services_status: dict[ServiceName, ServiceStatus | SeedState] = Field(default_factory=dict, max_length=32)
+    mesh: MeshState | None = None  # on a pool that runs on the mesh
 
 
 class HeartbeatResponse(Assignment):

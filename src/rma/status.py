@@ -84,13 +84,20 @@ def _age(seconds: float) -> str:
 
 
 def _mesh(worker: dict[str, Any]) -> str:
-    """The worker's certificate: its groups and how long it has left ("-" off the mesh)."""
+    """The worker's certificate (its groups, how long it has left) and its tunnels ("-" off the mesh)."""
     mesh = worker.get("mesh")
     if not isinstance(mesh, dict):
         return "-"
     expires = mesh.get("expires")
-    left = f", {_age(max(0.0, expires - time.time()))} left" if isinstance(expires, int | float) else ""
-    return f"{','.join(mesh.get('groups') or [])}{left}"
+    line = ",".join(mesh.get("groups") or [])
+    if isinstance(expires, int | float):
+        line += f", {_age(max(0.0, expires - time.time()))} left"
+    tunnels = mesh.get("tunnels")
+    if isinstance(tunnels, dict):
+        line += f", {tunnels.get('direct', 0)} direct, {tunnels.get('relayed', 0)} relayed"
+        if isinstance(tunnels.get("lighthouse_rtt_ms"), int | float):
+            line += f", lighthouse {tunnels['lighthouse_rtt_ms']:.1f} ms"
+    return line
 
 
 def _marked(worker: dict[str, Any]) -> Text:

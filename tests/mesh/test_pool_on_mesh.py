@@ -157,6 +157,10 @@ def test_an_applications_server_joins_as_a_client_member_and_reaches_the_stores(
     pool.net.start(app, ["nebula", "-config", str(folder / "config.json")], pool.folder / "app-nebula.log")
     assert wait_until(lambda: pool.net.call(app, redis_ping, replica["host"], replica["port"], replica["secret"],
                                             1.0), 20, what="redis on h2 from the client member")
+    # h2, behind the symmetric NAT, says so: the client's tunnel to it is relayed, the edge's direct.
+    tunnels = wait_until(lambda: (t := (pool.listed()["h2"]["mesh"] or {}).get("tunnels")) and t["relayed"] and t,
+                         10, what="h2 reporting its relayed tunnel")
+    assert tunnels["direct"] >= 1 and 0 < tunnels["lighthouse_rtt_ms"] < 100, tunnels
 
 
 def test_a_revoked_home_worker_is_cut_off_within_a_few_heartbeats(pool: Pool) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from rma.catalog import SERVICES, Kind
 from rma.mesh.config import InboundRule
 from rma.mesh.pki import GROUP
 from rma.worker import mesh_node
-from rma.worker.mesh_node import fences
+from rma.worker.mesh_node import TunnelLog, fences
 
 
 def test_each_assigned_port_is_open_to_the_groups_the_catalogue_names_and_no_one_else() -> None:
@@ -33,3 +37,31 @@ def test_the_catalogues_fences_name_real_groups_and_keep_stores_from_stores() ->
 def test_a_machine_without_nebula_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mesh_node.shutil, "which", lambda tool: None if tool == "nebula" else f"/usr/bin/{tool}")
     assert mesh_node.mesh_unavailable() == "nebula not installed (Debian: apt-get install nebula)"
+
+
+def test_tunnels_are_read_off_nebulas_log_direct_or_relayed_as_each_handshake_finished(tmp_path: Path) -> None:
+    log = tmp_path / "nebula.log"
+
+    def line(message: str, peer: str, stage: int | None = None, udp: bool = False, relay: bool = False) -> str:
+        entry: dict[str, Any] = {"msg": message, "vpnIp": peer, "udpAddr": {"ip": "198.18.0.10", "port": 4242}
+                                 if udp else None}
+        if stage is not None:
+            entry["handshake"] = {"stage": stage, "style": "ix_psk0"}
+        if relay:
+            entry["relay"] = "198.19.0.1"
+        return json.dumps(entry) + "\n"
+
+    log.write_text("level=info msg=config dump\n"  # Nebula's first line is text
+                   + line("Handshake message sent", "198.19.0.1", 1)
+                   + line("Handshake message received", "198.19.0.1", 2, udp=True)  # initiator, direct
+                   + line("Handshake message received", "198.19.0.4", 2)  # initiator, through a relay
+                   + line("Handshake message sent", "198.19.0.5", 2, relay=True)  # responder, through a relay
+                   + '{"msg": "Handshake message received", "vpnIp": "198.19.0.6", "handshake": {"st')  # being written
+    tunnels = TunnelLog(log)
+    tunnels.read()
+    assert tunnels.peers == {"198.19.0.1": False, "198.19.0.4": True, "198.19.0.5": True}
+    with log.open("a") as more:
+        more.write('age": 2}}\n' + line("Host roamed to new udp ip/port", "198.19.0.4")
+                   + line("Remote certificate is no longer valid, tearing down the tunnel", "198.19.0.5"))
+    tunnels.read()
+    assert tunnels.peers == {"198.19.0.1": False, "198.19.0.4": False, "198.19.0.6": True}

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from rma.catalog import BY_NAME, Kind
 from rma.placement import SERVING_STATES, WorkerState
-from rma.protocol import SERVICE_STATES, Capabilities, ServiceStatus
+from rma.protocol import SERVICE_STATES, Capabilities, MeshState, ServiceStatus
 
 
 def hash_token(token: str) -> str:
@@ -48,6 +48,7 @@ class WorkerRecord:
     failed_at: dict[str, float] = field(default_factory=dict)
     load: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    mesh_state: MeshState | None = None  # as its last heartbeat said, on a pool that runs on the mesh
     status: str = "healthy"
     # What this worker adds to the pool counts now, and the state it was computed from.
     counted: Counter[tuple[str, ...]] = field(default_factory=Counter)

@@ -209,6 +209,7 @@ class Registry:
             "cpu_percent": request.cpu_percent, "ram_percent": request.ram_percent,
             "gpu_utilization": request.gpu_utilization, "active_requests": request.active_requests,
         }
+        record.mesh_state = request.mesh
         for name, st in statuses.items():
             previous = record.services_status.get(name)
             if st.state == "failed" and (previous is None or previous.state != "failed"):

@@ -24,6 +24,7 @@ from rma.coordinator.auth import (
     require_secret,
     same_secret,
 )
+from rma.coordinator.mesh import MeshAuthority
 from rma.coordinator.record import WorkerRecord, url_host, worker_kind
 from rma.coordinator.router_report import ReportBody
 from rma.coordinator.secrets import CONNECTION_URLS
@@ -235,13 +236,22 @@ def _tell_every_member(state: CoordinatorState) -> None:
         state.watchers.push(record)
 
 
+def _mesh_json(mesh: MeshAuthority | None, record: WorkerRecord) -> dict[str, Any] | None:
+    """The worker's place on the mesh (address, groups, certificate) and how its node says it is reached."""
+    summary = mesh.summary(record.worker_id) if mesh is not None else None
+    if summary is None:
+        return None
+    reached = record.mesh_state.model_dump(include={"direct", "relayed", "lighthouse_rtt_ms"}) \
+        if record.mesh_state is not None else None
+    return summary | {"tunnels": reached}
+
+
 @router.get("/api/admin/workers")
 async def admin_workers(request: Request) -> dict[str, Any]:
     state = _admin(request)
     now = state.registry.clock()
     mesh = state.mesh
-    workers = [_worker_json(r, now, mesh.summary(r.worker_id) if mesh else None)
-               for r in state.registry.workers.values()]
+    workers = [_worker_json(r, now, _mesh_json(mesh, r)) for r in state.registry.workers.values()]
     return {"workers": workers, "total": len(workers), "healthy": sum(1 for w in workers if w["healthy"])}
 
 

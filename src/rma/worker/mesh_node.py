@@ -12,12 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import shutil
 import signal
+import socket
+import struct
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -25,13 +30,18 @@ from rma.catalog import BY_NAME
 from rma.files import write_private
 from rma.mesh.config import LIGHTHOUSE_PORT, InboundRule, Lighthouse, NodeConfig, render
 from rma.mesh.pki import make_node_keys
-from rma.protocol import MeshMembership
+from rma.protocol import MeshMembership, MeshState
 from rma.worker.process import end_tree, spawn
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 15.0  # for Nebula to bring its tun device up with the overlay address
 STOP_TIMEOUT_S = 5.0
+PING_TIMEOUT_S = 1.0
+# Nebula 1.6.1's JSON log lines that end a handshake (the initiator receives stage 2, the responder sends it)
+# and the one that moves a relayed tunnel onto a punched path; "tearing down" ends a tunnel.
+HANDSHAKE_DONE = ("Handshake message received", "Handshake message sent")
+ROAMED = "Host roamed to new udp ip/port"
 
 
 class MeshError(RuntimeError):
@@ -66,6 +76,73 @@ def fences(services: Iterable[tuple[str, int]]) -> tuple[InboundRule, ...]:
                  for port in (assigned, *BY_NAME[name].more_ports) for group in BY_NAME[name].reached_by)
 
 
+class TunnelLog:
+    """Which peers this node has a tunnel with, and whether each is direct or relayed, read from Nebula's log
+    as it grows (1.6.1's stats endpoint has no relay figure): a finished handshake says how it came."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+        self.peers: dict[str, bool] = {}  # overlay address → relayed
+
+    def read(self) -> None:
+        try:
+            with self.path.open("rb") as log:
+                log.seek(self.offset)
+                lines = log.readlines()
+        except OSError:
+            return
+        if lines and not lines[-1].endswith(b"\n"):
+            lines.pop()  # Nebula is writing it: read once it is whole
+        self.offset += sum(map(len, lines))
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # Nebula's first line, its config, is text
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("vpnIp"), str):
+                self._note(entry)
+
+    def _note(self, entry: dict[str, Any]) -> None:
+        peer, message = entry["vpnIp"], str(entry.get("msg", ""))
+        stage = (entry.get("handshake") or {}).get("stage") if isinstance(entry.get("handshake"), dict) else None
+        if message in HANDSHAKE_DONE and stage == 2:
+            self.peers[peer] = not entry.get("udpAddr") or bool(entry.get("relay"))
+        elif message == ROAMED:
+            self.peers[peer] = False
+        elif "tearing down" in message:
+            self.peers.pop(peer, None)
+
+
+def icmp_rtt_ms(address: str, timeout: float = PING_TIMEOUT_S) -> float | None:
+    """One ICMP echo's round trip to `address` in ms (an unprivileged ICMP socket, else a raw one), or None."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):
+        try:
+            sock = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
+        except OSError:
+            continue
+        with sock:
+            sock.settimeout(timeout)
+            header = struct.pack("!BBHHH", 8, 0, 0, os.getpid() & 0xFFFF, 1)
+            packet = struct.pack("!BBHHH", 8, 0, _checksum(header + b"rma"), os.getpid() & 0xFFFF, 1) + b"rma"
+            started = time.monotonic()
+            try:
+                sock.sendto(packet, (address, 0))
+                while time.monotonic() - started < timeout:
+                    reply = sock.recv(1024)
+                    echo = reply[20:] if kind == socket.SOCK_RAW else reply  # a raw socket hands the IP header too
+                    if echo[:1] == b"\x00":  # an echo reply
+                        return round((time.monotonic() - started) * 1000, 3)
+            except OSError:
+                return None
+    return None
+
+
+def _checksum(data: bytes) -> int:
+    total = sum(int.from_bytes(data[i:i + 2].ljust(2, b"\0"), "big") for i in range(0, len(data), 2))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+
 class MeshNode:
     def __init__(self, folder: Path, log_path: Path) -> None:
         self.folder, self.log_path = folder, log_path
@@ -74,6 +151,7 @@ class MeshNode:
         self.inbound: tuple[InboundRule, ...] = ()
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()  # the heartbeat loop and the watch stream both apply answers
+        self.tunnels = TunnelLog(log_path)
 
     def public_key(self) -> str:
         return make_node_keys(self.folder)
@@ -131,6 +209,17 @@ class MeshNode:
                 return
             await asyncio.sleep(0.1)
         raise MeshError(f"nebula did not bring up {address} within {READY_TIMEOUT_S:g} s: see {self.log_path}")
+
+    async def state(self) -> MeshState | None:
+        """How this node is reached now (None before it joined): its tunnels and its lighthouse's round trip."""
+        if self.membership is None or not self._running():
+            return None
+        self.tunnels.read()
+        own = self.address
+        lighthouse = next((h.overlay_ip for h in self.membership.lighthouses if h.overlay_ip != own), None)
+        rtt = await asyncio.get_running_loop().run_in_executor(None, icmp_rtt_ms, lighthouse) if lighthouse else None
+        relayed = sum(self.tunnels.peers.values())
+        return MeshState(direct=len(self.tunnels.peers) - relayed, relayed=relayed, lighthouse_rtt_ms=rtt)
 
     def _running(self) -> bool:
         return self._process is not None and self._process.returncode is None

@@ -68,7 +68,8 @@ def test_a_worker_joins_with_its_public_key_and_is_reached_at_the_address_in_its
         assert mesh["expires"] > time.time() + 3000
         workers = api.get("/api/admin/workers", headers=ADMIN).json()["workers"]
         assert [w["host"] for w in workers] == [str(address.ip)]  # not the peer it connected from
-        assert workers[0]["mesh"] == {"address": mesh["address"], "groups": ["cpu"], "expires": mesh["expires"]}
+        assert workers[0]["mesh"] == {"address": mesh["address"], "groups": ["cpu"], "expires": mesh["expires"],
+                                      "tunnels": None}  # until its first heartbeat says
         other = join(api, "cpu-2", make_node_keys(tmp_path / "cpu-2")).json()["mesh"]["address"]
         again = join(api, "cpu-1", key)
         assert again.status_code == 409  # the id is taken: rejoining needs that worker's token

@@ -4,6 +4,7 @@
     h1       behind plain masquerade     a storage worker
     h2       behind a symmetric NAT      a storage worker, reached through the relay
     app      behind plain masquerade     an application's server, a client member (`rma client-cert`)
+    h4       behind plain masquerade     a cpu worker: applications, which users reach through the edge proxy
 
 No home has an inbound port. Each worker makes its key, joins with it, runs Nebula and binds its
 services to its overlay address; routers and the coordinator list it there. A service on a home is
@@ -27,11 +28,13 @@ import httpx
 import pytest
 
 from mesh.netns import Site, SmallInternet, skip_reason, small_internet, wait_until
+from rma.catalog import BY_NAME, PUBLIC
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 NETWORK = ipaddress.IPv4Network("198.19.0.0/16")
 INTERVAL = 1.0
 ADMIN, JOIN = "adm1n-mesh-test", "j0in-mesh-test"
+EDGE_PROXY_PORT = BY_NAME["edge-proxy"].port
 
 
 class Pool:
@@ -90,7 +93,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     top = tmp_path_factory.getbasetemp()
     for entered in (folder, top, top.parent):  # the stores' own accounts (postgres, rma) pass through to their data
         entered.chmod(entered.stat().st_mode | 0o011)
-    with small_internet(folder / "net", [Site("h1"), Site("h2", symmetric=True), Site("app")]) as net:
+    with small_internet(folder / "net", [Site("h1"), Site("h2", symmetric=True), Site("app"), Site("h4")]) as net:
         running = Pool(net, folder)
         net.start(net.edge_ns, [sys.executable, "-m", "rma", "coordinator", "--host", net.edge_address, "--port",
                                 "8080", "--data-dir", str(folder / "coordinator"), "--heartbeat-interval",
@@ -100,6 +103,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
         running.start_worker("edge", net.edge_ns, "edge", advertise=net.edge_address)
         wait_until(lambda: "edge" in running.listed(), 40, what=f"the edge worker joined\n{running.log('edge')}")
         running.start_worker("h1", net.homes["h1"].ns, "storage")
+        running.start_worker("h4", net.homes["h4"].ns, "cpu")  # its engines load while the other tests run
         yield running
 
 
@@ -161,6 +165,24 @@ def test_an_applications_server_joins_as_a_client_member_and_reaches_the_stores(
     tunnels = wait_until(lambda: (t := (pool.listed()["h2"]["mesh"] or {}).get("tunnels")) and t["relayed"] and t,
                          10, what="h2 reporting its relayed tunnel")
     assert tunnels["direct"] >= 1 and 0 < tunnels["lighthouse_rtt_ms"] < 100, tunnels
+
+
+def test_a_users_request_through_the_edge_proxy_reaches_an_application_on_a_home(pool: Pool) -> None:
+    def serving_on_h4() -> str | None:
+        for name in sorted(PUBLIC):
+            found = pool.admin(f"/api/services/discover/{name}")
+            if found and any(r["worker_id"] == "h4" for r in found["workers"]):
+                return name
+        return None
+
+    name = wait_until(serving_on_h4, 120, what=f"an application healthy on h4\n{pool.log('h4')}")
+    # From a home on the internet (not a member): the edge proxy's public address, the only way in.
+    user = pool.net.homes["app"].ns
+    answer = wait_until(lambda: pool.net.http_get(user, pool.net.edge_address, EDGE_PROXY_PORT,
+                                                  f"/service/{name}/health", timeout=3), 20,
+                        what=f"{name} through the edge proxy")
+    assert '"status"' in answer and "no healthy replica" not in answer, answer
+    print(f"{name} on h4 answered through the edge proxy: {answer[:80]}")
 
 
 def test_a_revoked_home_worker_is_cut_off_within_a_few_heartbeats(pool: Pool) -> None:

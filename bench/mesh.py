@@ -32,7 +32,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socketserver
 import statistics
 import sys
 import tempfile
@@ -49,7 +48,16 @@ from urllib.parse import parse_qs, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from mesh.netns import NOBODY, Site, SmallInternet, skip_reason, small_internet, wait_until  # noqa: E402
+from mesh.netns import (  # noqa: E402
+    NOBODY,
+    QuietServer,
+    Site,
+    SmallInternet,
+    seconds_until_cut,
+    skip_reason,
+    small_internet,
+    wait_until,
+)
 from rma.files import write_private  # noqa: E402
 from rma.mesh.config import LIGHTHOUSE_PORT, InboundRule, Lighthouse, NodeConfig, render  # noqa: E402
 from rma.mesh.pki import MeshCa, make_node_keys  # noqa: E402
@@ -108,18 +116,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def server_bind(self) -> None:  # HTTPServer's own asks DNS (getfqdn): a namespace has none
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-
 def stream_serve(bind: str, seconds: float) -> None:
     host, port = bind.rsplit(":", 1)
-    server = _Server((host, int(port)), _Handler)
+    server = QuietServer((host, int(port)), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print("serving", bind, flush=True)
     time.sleep(seconds)
@@ -450,16 +449,10 @@ def revocation(mesh: Mesh) -> None:
     sighup = time.monotonic()
     for node in running:
         node.process.send_signal(signal.SIGHUP)  # 1.6.1 reloads pki.blocklist on SIGHUP
-    cut: dict[tuple[str, str], float] = {}  # seconds from SIGHUP to the start of the round in which it failed
+    # seconds from SIGHUP to the start of the round in which each path failed
+    cut = seconds_until_cut(checks, sighup, REVOCATION_BOUND_S, 0.1)
+    time.sleep(1)
     with ThreadPoolExecutor(len(checks)) as pool:
-        while len(cut) < len(checks) and time.monotonic() - sighup < REVOCATION_BOUND_S:
-            round_start = time.monotonic()
-            pending = [key for key in checks if key not in cut]
-            for key, reached in zip(pending, pool.map(lambda key: checks[key](), pending), strict=True):
-                if not reached:
-                    cut[key] = round_start - sighup
-            time.sleep(max(0.0, 0.1 - (time.monotonic() - round_start)))
-        time.sleep(1)
         back = [label for (_, label), reached in zip(checks, pool.map(lambda key: checks[key](), checks), strict=True)
                 if reached]
     print(f"\nrevocation of {' and '.join(revoked)} (fingerprints in every blocklist, SIGHUP all; probes every 0.1 s):")

@@ -29,6 +29,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ COUNT_CHAIN = "RMATCOUNT"
 CLONE_NEWNET = 0x40000000
 TOOLS = ("ip", "iptables", "nebula", "nebula-cert", "tcpdump", "setpriv", "sysctl")
 T = TypeVar("T")
+K = TypeVar("K")
 _serial = itertools.count()
 
 
@@ -320,6 +322,22 @@ def small_internet(state: Path, sites: Sequence[Site]) -> Iterator[SmallInternet
         net.close()
 
 
+def seconds_until_cut(checks: Mapping[K, Callable[[], bool]], since: float, bound: float,
+                      interval: float) -> dict[K, float]:
+    """Probe every check (side by side) each `interval` until each has failed once or `bound` seconds passed
+    `since`; for each that failed, the seconds from `since` to the start of the round it first failed in."""
+    cut: dict[K, float] = {}
+    with ThreadPoolExecutor(max(1, len(checks))) as pool:
+        while len(cut) < len(checks) and time.monotonic() - since < bound:
+            round_start = time.monotonic()
+            pending = [key for key in checks if key not in cut]
+            for key, reached in zip(pending, pool.map(lambda key: checks[key](), pending), strict=True):
+                if not reached:
+                    cut[key] = round_start - since
+            time.sleep(max(0.0, interval - (time.monotonic() - round_start)))
+    return cut
+
+
 def _must(done: subprocess.CompletedProcess[str]) -> None:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(done.args)} -> {done.returncode}: {done.stderr.strip()}")
@@ -405,7 +423,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class QuietServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """A threaded HTTP server that binds an address without a DNS lookup."""
+
     daemon_threads = True
     allow_reuse_address = True
 
@@ -420,7 +440,7 @@ def serve(binds: Sequence[str], name: str, seconds: float) -> None:
     _Handler.name = name
     for bind in binds:
         host, port = bind.rsplit(":", 1)
-        server = _Server((host, int(port)), _Handler)
+        server = QuietServer((host, int(port)), _Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
     print("serving", *binds, flush=True)
     time.sleep(seconds)

@@ -23,14 +23,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from mesh.netns import NOBODY, Site, SmallInternet, privileges, skip_reason, small_internet, wait_until
+from mesh.netns import (
+    NOBODY,
+    Site,
+    SmallInternet,
+    privileges,
+    seconds_until_cut,
+    skip_reason,
+    small_internet,
+    wait_until,
+)
 from rma.files import write_private
 from rma.mesh.config import LIGHTHOUSE_PORT, InboundRule, Lighthouse, NodeConfig, render
 from rma.mesh.pki import MeshCa, make_node_keys
@@ -302,15 +310,9 @@ def test_a_revoked_node_is_cut_off_from_everyone_and_the_rest_carry_on(mesh: Mes
         "h1 -> h2": lambda: mesh.get("h1", "h2", timeout=0.5) is not None,
         "h2 -> edge (ping)": lambda: net.ping(h2.ns, SPECS["edge"].overlay, 0.5),
     }
-    cut: dict[str, float] = {}  # seconds from SIGHUP to the start of the first round in which a path failed
-    with ThreadPoolExecutor(len(checks)) as pool:
-        while len(cut) < len(checks) and time.monotonic() - sighup < REVOCATION_BOUND_S:
-            round_start = time.monotonic()
-            pending = [label for label in checks if label not in cut]
-            for label, reached in zip(pending, pool.map(lambda label: checks[label](), pending), strict=True):
-                if not reached:
-                    cut[label] = round(round_start - sighup, 2)
-            time.sleep(max(0.0, 0.2 - (time.monotonic() - round_start)))
+    # seconds from SIGHUP to the start of the first round in which a path failed
+    cut = {label: round(seconds, 2) for label, seconds in seconds_until_cut(checks, sighup, REVOCATION_BOUND_S,
+                                                                              0.2).items()}
     print(f"\nseconds from SIGHUP until h2 is cut off: {cut}")
     assert set(cut) == set(checks), f"still reachable after {REVOCATION_BOUND_S} s: {set(checks) - set(cut)}"
     time.sleep(1)

@@ -190,7 +190,7 @@ class Agent:
             worker_id=self.worker_id, status="healthy", current_load=cpu / 100, cpu_percent=cpu,
             ram_percent=psutil.virtual_memory().percent, gpu_utilization=self.probe.gpu_utilization(),
             services_status=dict(self.statuses()),
-            mesh=await self.mesh.state() if self.mesh is not None else None)
+            mesh=self.mesh.state() if self.mesh is not None else None)
         assert self.identity.worker_token is not None
         return await self.client.heartbeat(request, self.identity.worker_token)
 

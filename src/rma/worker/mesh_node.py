@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 15.0  # for Nebula to bring its tun device up with the overlay address
 STOP_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 1.0
+PING_EVERY_S = 5.0  # the lighthouse's round trip is measured this often, beside the heartbeats, never in them
 # Nebula 1.6.1's JSON log lines that end a handshake (the initiator receives stage 2, the responder sends it)
 # and the one that moves a relayed tunnel onto a punched path; "tearing down" ends a tunnel.
 HANDSHAKE_DONE = ("Handshake message received", "Handshake message sent")
@@ -152,6 +153,8 @@ class MeshNode:
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()  # the heartbeat loop and the watch stream both apply answers
         self.tunnels = TunnelLog(log_path)
+        self.lighthouse_rtt_ms: float | None = None
+        self._pinger: asyncio.Task[None] | None = None
 
     def public_key(self) -> str:
         return make_node_keys(self.folder)
@@ -196,6 +199,8 @@ class MeshNode:
         except OSError as exc:
             raise MeshError(f"nebula could not start: {exc}") from None
         await self._until_ready(own)
+        if self._pinger is None:
+            self._pinger = asyncio.create_task(self._ping_lighthouse(), name="mesh-ping")
         log.info("mesh: joined as %s (%s)", own, "lighthouse and relay" if lighthouse else "behind its lighthouses")
 
     async def _until_ready(self, address: str) -> None:
@@ -210,21 +215,32 @@ class MeshNode:
             await asyncio.sleep(0.1)
         raise MeshError(f"nebula did not bring up {address} within {READY_TIMEOUT_S:g} s: see {self.log_path}")
 
-    async def state(self) -> MeshState | None:
-        """How this node is reached now (None before it joined): its tunnels and its lighthouse's round trip."""
+    def state(self) -> MeshState | None:
+        """How this node is reached now (None before it joined): its tunnels and its lighthouse's last round trip."""
         if self.membership is None or not self._running():
             return None
         self.tunnels.read()
-        own = self.address
-        lighthouse = next((h.overlay_ip for h in self.membership.lighthouses if h.overlay_ip != own), None)
-        rtt = await asyncio.get_running_loop().run_in_executor(None, icmp_rtt_ms, lighthouse) if lighthouse else None
         relayed = sum(self.tunnels.peers.values())
-        return MeshState(direct=len(self.tunnels.peers) - relayed, relayed=relayed, lighthouse_rtt_ms=rtt)
+        return MeshState(direct=len(self.tunnels.peers) - relayed, relayed=relayed,
+                         lighthouse_rtt_ms=self.lighthouse_rtt_ms)
+
+    async def _ping_lighthouse(self) -> None:
+        """Every PING_EVERY_S, one echo to the first lighthouse (not this node): its round trip, or None."""
+        loop = asyncio.get_running_loop()
+        while True:
+            own, membership = self.address, self.membership
+            lighthouse = next((h.overlay_ip for h in membership.lighthouses if h.overlay_ip != own), None) \
+                if membership is not None else None
+            self.lighthouse_rtt_ms = await loop.run_in_executor(None, icmp_rtt_ms, lighthouse) if lighthouse else None
+            await asyncio.sleep(PING_EVERY_S)
 
     def _running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
     async def stop(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
         if self._process is not None:
             with contextlib.suppress(ProcessLookupError):
                 await end_tree(self._process, STOP_TIMEOUT_S)

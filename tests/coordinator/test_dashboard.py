@@ -17,6 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from procs import RmaProcess, start_coordinator, start_worker, wait_until
+from rma.mesh.pki import make_node_keys
 from routing.pool import routed, start_backend, start_router
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -192,3 +193,23 @@ def test_dashboard_charts_the_last_hour_from_live_figures(browser: WebDriver, tm
             rps + " polyline.errors") < 25
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+
+@pytest.mark.skipif(shutil.which("nebula-cert") is None, reason="nebula-cert is not installed")
+def test_dashboard_shows_each_workers_place_on_the_mesh(browser: WebDriver, tmp_path: Path,
+                                                       processes: list[RmaProcess]) -> None:
+    """A worker joined with its key, beating its tunnels (no Nebula runs: the coordinator only relays what
+    the worker says), shown as `rma status --wide` shows it."""
+    coordinator, url = start_coordinator(tmp_path, env={"RMA_MESH_NETWORK": "198.19.0.0/16"})
+    processes.append(coordinator)
+    joined = httpx.post(f"{url}/api/worker/register", timeout=10, json={
+        "worker_id": "home-1", "mesh_public_key": make_node_keys(tmp_path / "home-1"),
+        "capabilities": {"worker_type": "cpu", "engines": []}}).json()
+    beat = httpx.post(f"{url}/api/worker/heartbeat", timeout=10,
+                      headers={"Authorization": f"Bearer {joined['worker_token']}"},
+                      json={"worker_id": "home-1", "mesh": {"direct": 2, "relayed": 1, "lighthouse_rtt_ms": 0.42}})
+    assert beat.status_code == 200, beat.text
+    browser.get(url + "/")
+    line = "return (document.querySelector('[data-worker=\"home-1\"] .mesh') || {}).innerText;"
+    wait_until(lambda: browser.execute_script(line), 30, what="home-1's mesh line on the page")
+    assert browser.execute_script(line) == "mesh cpu · 2 direct, 1 relayed · lighthouse 0.4 ms"

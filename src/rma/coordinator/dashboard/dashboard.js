@@ -34,6 +34,19 @@ function hardware(worker) {
   return parts.join(", ") || "not reported";
 }
 
+// A worker's place on the mesh, as `rma status --wide` says it: its groups, its tunnels, its lighthouse.
+function meshLine(worker) {
+  const mesh = worker.mesh;
+  if (!mesh) return "";
+  const parts = [`mesh ${(mesh.groups || []).join(",")}`];
+  const tunnels = mesh.tunnels;
+  if (tunnels) {
+    parts.push(`${tunnels.direct} direct, ${tunnels.relayed} relayed`);
+    if (tunnels.lighthouse_rtt_ms !== null) parts.push(`lighthouse ${tunnels.lighthouse_rtt_ms.toFixed(1)} ms`);
+  }
+  return parts.join(" · ");
+}
+
 function last(values) {
   const known = (values || []).filter((v) => v !== null);
   return known.length ? known[known.length - 1] : null;
@@ -97,7 +110,8 @@ function renderWorkers(workers) {
     const past = history.workers[w.worker_id] || { t: [], cpu: [], ram: [], load: [] };
     const metrics = w.metrics || {};
     body.append(el("tr", { "data-worker": w.worker_id, "data-healthy": String(w.healthy) },
-      el("td", {}, w.worker_id), el("td", {}, w.healthy ? w.worker_type : `${w.worker_type} (down)`),
+      el("td", {}, w.worker_id),
+      el("td", {}, w.healthy ? w.worker_type : `${w.worker_type} (down)`, el("div", { class: "mesh" }, meshLine(w))),
       el("td", {}, hardware(w)), services,
       el("td", {}, chart(sparkline("cpu", past.t, [{ values: past.cpu, cls: "cpu" }], 100, "CPU %"),
         `${Math.round(metrics.cpu_percent || 0)} %`)),

@@ -12,10 +12,12 @@ FROM debian:bookworm-slim AS python
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 PYTHONUNBUFFERED=1
 # tini as PID 1 passes the stop signal on to rma and reaps the orphans of stopped services; haproxy is
 # the front door of every public listener (the coordinator, an edge worker's routers); nebula joins the
-# mesh (run the container with --cap-add NET_ADMIN --device /dev/net/tun for its tun device).
+# mesh: it carries CAP_NET_ADMIN as a file capability, for the rma account's worker to bring its tun device
+# up once the container may (--cap-add NET_ADMIN --device /dev/net/tun), and setcap is removed after.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv tini haproxy nebula \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get install -y --no-install-recommends python3 python3-venv tini haproxy nebula libcap2-bin \
+    && setcap cap_net_admin=+ep /usr/bin/nebula \
+    && apt-get purge -y libcap2-bin && rm -rf /var/lib/apt/lists/*
 # One unprivileged account owns the data volume and the seed's store paths (PostgreSQL refuses root).
 RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin rma \
     && install -d -o rma -g rma /data /chroma/chroma /var/lib/postgresql/data

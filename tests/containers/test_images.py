@@ -160,3 +160,19 @@ def test_cpu_worker_container_serves_stops_cleanly_and_keeps_its_data(podman: Po
     wait_until(lambda: ocr_replica(coordinator, worker_id), 90, 0.2,
                what=f"the same worker back with vision-ocr:\n{podman.logs(second)}")
     assert podman("exec", second, "cat", "/data/logs/vision-ocr.log").startswith(first_log)
+
+
+def test_the_worker_image_joins_a_mesh_once_the_container_may_make_a_tun_device(podman: Podman) -> None:
+    """With --cap-add NET_ADMIN and the tun device the worker detects the mesh; without them it says what to add.
+    Podman hands an added capability to the rma account as an ambient one; Docker gives a non-root user none of
+    its own, so the image's nebula carries CAP_NET_ADMIN as a file capability too."""
+    python = ("--entrypoint", "/opt/rma/bin/python", WORKER, "-c")
+    detect = (*python, "from rma.worker.mesh_node import mesh_unavailable; print(mesh_unavailable())")
+    allowed = podman("run", "--rm", "--cap-add", "NET_ADMIN", "--device", "/dev/net/tun", *detect)
+    assert allowed == "None", allowed
+    assert "--cap-add NET_ADMIN --device /dev/net/tun" in podman("run", "--rm", *detect)
+    capability = podman("run", "--rm", *python,
+                        "import os; print(os.getxattr('/usr/bin/nebula', 'security.capability'))")
+    assert capability.startswith("b'") and len(capability) > 3, capability
+    assert "Version: " in podman("run", "--rm", "--cap-add", "NET_ADMIN", "--entrypoint", "/usr/bin/nebula", WORKER,
+                                 "-version")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +69,19 @@ def test_tunnels_are_read_off_nebulas_log_direct_or_relayed_as_each_handshake_fi
                    + line("Remote certificate is no longer valid, tearing down the tunnel", "198.19.0.5"))
     tunnels.read()
     assert tunnels.peers == {"198.19.0.1": False, "198.19.0.4": False, "198.19.0.6": True}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("nebula") is None,
+                    reason="needs root (to drop to an ordinary user with one capability), setpriv and nebula")
+def test_an_ordinary_user_with_an_ambient_cap_net_admin_may_run_the_mesh() -> None:
+    """What systemd's AmbientCapabilities=CAP_NET_ADMIN gives a volunteer's service: the worker's Nebula inherits
+    it, so the mesh is detected; the same user without it is told how to grant it."""
+    check = [sys.executable, "-c", "from rma.worker.mesh_node import mesh_unavailable; print(mesh_unavailable())"]
+    env = {**os.environ, "PYTHONPATH": str(Path(mesh_node.__file__).parents[2])}
+    granted = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all,+net_admin",
+               "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin", "--no-new-privs"]
+    plain = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--no-new-privs"]
+    with_cap = subprocess.run([*granted, *check], capture_output=True, text=True, timeout=30, env=env, cwd="/")
+    without = subprocess.run([*plain, *check], capture_output=True, text=True, timeout=30, env=env, cwd="/")
+    assert with_cap.stdout.strip() == "None", with_cap.stdout + with_cap.stderr
+    assert "setcap cap_net_admin=+ep" in without.stdout, without.stdout + without.stderr

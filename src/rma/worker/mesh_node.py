@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 15.0  # for Nebula to bring its tun device up with the overlay address
 STOP_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 1.0
+CAP_NET_ADMIN = 12  # its bit in /proc's capability sets
 PING_EVERY_S = 5.0  # the lighthouse's round trip is measured this often, beside the heartbeats, never in them
 # Nebula 1.6.1's JSON log lines that end a handshake (the initiator receives stage 2, the responder sends it)
 # and the one that moves a relayed tunnel onto a punched path; "tearing down" ends a tunnel.
@@ -56,18 +57,30 @@ def mesh_unavailable() -> str | None:
         return f"{' and '.join(missing)} not installed (Debian: apt-get install nebula)"
     if not os.path.exists("/dev/net/tun"):
         return "no /dev/net/tun here: start the container with --cap-add NET_ADMIN --device /dev/net/tun"
-    if os.geteuid() != 0 and not _has_net_admin(shutil.which("nebula") or ""):
+    if os.geteuid() != 0 and not (_ambient_net_admin() or _file_capabilities(shutil.which("nebula") or "")):
         return ("nebula needs CAP_NET_ADMIN for its tun device: run `sudo setcap cap_net_admin=+ep "
                 "$(command -v nebula)`, or start the container with --cap-add NET_ADMIN --device /dev/net/tun")
     return None
 
 
-def _has_net_admin(path: str) -> bool:
-    """Whether the program carries file capabilities (setcap), which is how a non-root user gets CAP_NET_ADMIN."""
+def _file_capabilities(path: str) -> bool:
+    """Whether the program carries file capabilities (setcap), one way a non-root user's nebula gets
+    CAP_NET_ADMIN."""
     try:
         return bool(os.getxattr(path, "security.capability"))
     except OSError:
         return False
+
+
+def _ambient_net_admin() -> bool:
+    """Whether this process holds CAP_NET_ADMIN as an ambient capability (systemd's AmbientCapabilities=,
+    setpriv --ambient-caps), the other way: an ambient capability passes on to the programs it starts."""
+    try:
+        with open("/proc/self/status") as status:
+            ambient = next(line.split()[1] for line in status if line.startswith("CapAmb:"))
+    except (OSError, StopIteration, IndexError):
+        return False
+    return bool(int(ambient, 16) >> CAP_NET_ADMIN & 1)
 
 
 def fences(services: Iterable[tuple[str, int]]) -> tuple[InboundRule, ...]:

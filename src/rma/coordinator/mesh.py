@@ -5,8 +5,8 @@ CA signs it with the worker's overlay address (one per worker id, kept across re
 kind as its group, for a bounded time. Routers reach the worker at that address, the one in its
 certificate, so a worker cannot claim another's. Every heartbeat answer carries the worker's
 membership: a certificate renewed once half its time is gone, the edge workers to use as
-lighthouses and relays, and the fingerprints revoked, so a revocation reaches every node within
-one heartbeat interval. A revoked worker's key and id can never join again.
+lighthouses and relays, and the fingerprints revoked; a revocation is also pushed down every watch
+stream at once. A revoked worker's key and id can never join again.
 """
 
 from __future__ import annotations

@@ -22,9 +22,7 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import socketserver
-import struct
 import subprocess
 import threading
 import time
@@ -33,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from rma.worker.mesh_node import icmp_rtt_ms
 
 PREFIX = "rmat-"
 NOBODY = 65534
@@ -380,31 +380,8 @@ def _latencies(host: str, port: int, count: int) -> list[float]:
     return took
 
 
-def _checksum(data: bytes) -> int:
-    data += b"\0" * (len(data) % 2)
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
-
-
 def _ping(address: str, timeout: float) -> bool:
-    ident, payload = os.getpid() & 0xFFFF, b"rmat-ping"
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
-    packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, 1) + payload
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
-        sock.sendto(packet, (address, 0))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
-                data, (source, _) = sock.recvfrom(2048)
-            except TimeoutError:
-                return False
-            start = (data[0] & 0x0F) * 4
-            kind, _, _, answered, _ = struct.unpack("!BBHHH", data[start:start + 8])
-            if kind == 0 and answered == ident and source == address:
-                return True
-    return False
+    return icmp_rtt_ms(address, timeout) is not None
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -135,24 +135,32 @@ def icmp_rtt_ms(address: str, timeout: float = PING_TIMEOUT_S) -> float | None:
         except OSError:
             continue
         with sock:
-            sock.settimeout(timeout)
-            header = struct.pack("!BBHHH", 8, 0, 0, os.getpid() & 0xFFFF, 1)
-            packet = struct.pack("!BBHHH", 8, 0, _checksum(header + b"rma"), os.getpid() & 0xFFFF, 1) + b"rma"
-            started = time.monotonic()
-            try:
-                sock.sendto(packet, (address, 0))
-                while time.monotonic() - started < timeout:
-                    reply = sock.recv(1024)
-                    echo = reply[20:] if kind == socket.SOCK_RAW else reply  # a raw socket hands the IP header too
-                    if echo[:1] == b"\x00":  # an echo reply
-                        return round((time.monotonic() - started) * 1000, 3)
-            except OSError:
-                return None
+            return _echo(sock, kind == socket.SOCK_RAW, address, timeout)
+    return None
+
+
+def _echo(sock: socket.socket, raw: bool, address: str, timeout: float) -> float | None:
+    ident, payload = os.getpid() & 0xFFFF, b"rma-ping"
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+    started = time.monotonic()
+    try:
+        sock.sendto(struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, 1) + payload, (address, 0))
+        while (left := started + timeout - time.monotonic()) > 0:
+            sock.settimeout(left)
+            data, (source, _) = sock.recvfrom(2048)
+            start = (data[0] & 0x0F) * 4 if raw else 0  # a raw socket hands the IP header too
+            kind, _, _, answered, _ = struct.unpack("!BBHHH", data[start:start + 8])
+            # An ICMP socket's kernel sets the id (and only hands it its own replies); a raw one sees every reply.
+            if kind == 0 and source == address and (not raw or answered == ident):
+                return round((time.monotonic() - started) * 1000, 3)
+    except OSError:  # a timeout included
+        return None
     return None
 
 
 def _checksum(data: bytes) -> int:
-    total = sum(int.from_bytes(data[i:i + 2].ljust(2, b"\0"), "big") for i in range(0, len(data), 2))
+    data += b"\0" * (len(data) % 2)
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     return ~(total + (total >> 16)) & 0xFFFF
 

@@ -28,7 +28,8 @@ SUPPORTED = "send a PDF, a Word document (DOCX) or plain text"
 INLINE_IMAGE = re.compile(rb"(^|\s)BI\s")  # an image written into the page's content stream
 PAGE_RULE = "\n\n---\n\n"  # between pages in the markdown
 # What a damaged ZIP or deflate stream raises (in a DOCX, or a PDF's Flate stream): a broken archive, a corrupted
-# deflate stream, a compression method or /Filter no reader here implements, a stream cut short.
+# deflate stream, a compression method or /Filter no reader here implements (pypdf and zipfile raise
+# NotImplementedError for those: the file's fault, not this code's), a stream cut short.
 BROKEN_STREAM = (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError)
 
 

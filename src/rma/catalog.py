@@ -69,6 +69,8 @@ class Service:
     reached_by: tuple[str, ...] = ("edge",)
     # Ports it serves besides `port` (a store's second protocol), fenced the same way.
     more_ports: tuple[int, ...] = ()
+    # The services it calls through the load balancer; on the mesh only the workers running it may call them.
+    calls: tuple[str, ...] = ()
 
     def health_of(self, engine: str | None) -> HealthCheck:
         """How a replica run by `engine` is checked from outside (None or unknown: the service's check)."""
@@ -88,11 +90,12 @@ TCP = HealthCheck("tcp")
 
 # The mesh's tier fences, as groups: a member's certificate names its kind, and an application's server that
 # joins as a client member is `client`. The routers (edge workers) reach the applications; the applications,
-# the routers and clients reach the stores; every member reaches the load balancer and the coordinator, which
-# is how one service calls another (notes-coa reaches llm-inference through a load balancer). Nothing else
-# crosses tiers.
-STORE_CALLERS = ("edge", "cpu", "gpu", "client")
-EVERY_MEMBER = ("edge", "cpu", "gpu", "storage", "client")
+# the routers and clients reach the stores; every member reaches the coordinator. One service calls another
+# through the load balancer, which the workers running services reach, and which passes on a call only from a
+# worker running a service whose `calls` names it (notes-coa reaches llm-inference). Nothing else crosses tiers.
+SERVICE_RUNNERS = ("cpu", "gpu")  # the groups of the workers that run the services (a gpu worker runs cpu ones too)
+STORE_CALLERS = ("edge", *SERVICE_RUNNERS, "client")
+EVERY_MEMBER = ("edge", *SERVICE_RUNNERS, "storage", "client")
 
 
 def own(service: str) -> Engine:
@@ -138,9 +141,10 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "document-processing", 2, Kind.CPU, 2, 8103,
         (Engine("pdf-docx", modules=("pypdf", "docx"), ram_mb=256),), HTTP, retry_safe=True, public=True,
-        alias="upload",
+        alias="upload", calls=("vision-ocr",),
     ),
-    Service("notes-coa", 2, Kind.CPU, 3, 8100, (own("notes-coa"),), HTTP, public=True, alias="notes"),
+    Service("notes-coa", 2, Kind.CPU, 3, 8100, (own("notes-coa"),), HTTP, public=True, alias="notes",
+            calls=("llm-inference",)),
     Service(
         "chromadb", 3, Kind.STORAGE, 1, 8000,
         (Engine("chroma", binaries=("chroma",), ram_mb=512),),
@@ -179,13 +183,18 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service("coordinator", 4, Kind.EDGE, 1, 8080, (own("coordinator"),), HTTP, reached_by=EVERY_MEMBER),
     Service("edge-proxy", 4, Kind.EDGE, 1, 8787, (own("edge-proxy"),), HTTP, internet_facing=True),
-    Service("load-balancer", 4, Kind.EDGE, 2, 8090, (own("load-balancer"),), HTTP, reached_by=EVERY_MEMBER),
+    Service("load-balancer", 4, Kind.EDGE, 2, 8090, (own("load-balancer"),), HTTP, reached_by=SERVICE_RUNNERS),
 )
 
 BY_NAME: dict[str, Service] = {service.name: service for service in SERVICES}
 ALIASES: dict[str, str] = {service.alias: service.name for service in SERVICES if service.alias}
 PUBLIC: frozenset[str] = frozenset(service.name for service in SERVICES if service.public)
 ENGINE_NAMES: frozenset[str] = frozenset(e.name for s in SERVICES for e in s.engines)
+# Each service another calls → the services that call it (vision-ocr → document-processing).
+CALLERS: dict[str, frozenset[str]] = {
+    callee: frozenset(s.name for s in SERVICES if callee in s.calls)
+    for callee in {called for s in SERVICES for called in s.calls}
+}
 
 
 def get(name: str) -> Service:

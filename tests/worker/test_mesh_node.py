@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rma.catalog import SERVICES, Kind
+from rma.catalog import BY_NAME, CALLERS, SERVICES, Kind
 from rma.mesh.config import InboundRule
 from rma.mesh.pki import GROUP
 from rma.worker import mesh_node
@@ -36,6 +36,15 @@ def test_the_catalogues_fences_name_real_groups_and_keep_stores_from_stores() ->
             assert "storage" not in service.reached_by and "client" in service.reached_by, service.name
         elif service.public:
             assert service.reached_by == ("edge",), service.name
+
+
+def test_a_call_between_services_goes_through_the_load_balancer_which_only_the_workers_running_services_reach() -> None:
+    assert {"llm-inference": {"notes-coa"}, "vision-ocr": {"document-processing"}} == CALLERS
+    for callee, callers in CALLERS.items():
+        assert BY_NAME[callee].reached_by == ("edge",), callee  # the callee itself: only the routers, the balancer
+        for caller in callers:
+            assert BY_NAME[caller].kind in (Kind.CPU, Kind.GPU), caller  # run by workers in SERVICE_RUNNERS
+    assert set(BY_NAME["load-balancer"].reached_by) == {"cpu", "gpu"}
 
 
 def test_a_machine_without_nebula_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

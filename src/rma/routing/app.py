@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rma import catalog
 from rma.front import FrontSettings
 from rma.routing.fastpath import FastPath
+from rma.routing.fence import CallerFence
 from rma.routing.gateway import API_KEY_HEADER, Gateway, GatewaySettings
 from rma.routing.report import TrafficReporter
 from rma.routing.router import ServiceRouter, answer
@@ -33,6 +34,7 @@ class RouterSettings:
     coordinator_urls: tuple[str, ...] = ("http://127.0.0.1:8080",)
     admin_token: str | None = None  # reads the gap report (why a service has no replica), posts traffic reports
     refresh_s: float = REFRESH_S
+    fence_callers: bool = False  # the load balancer on the mesh: only a service's callers call it (routing.fence)
 
 
 class RoutingApp:
@@ -80,9 +82,12 @@ def _reporter(settings: RouterSettings) -> TrafficReporter:
 def create_load_balancer(settings: RouterSettings) -> RoutingApp:
     """Internal traffic: the routing engine alone (plus `GET /routing`, the replicas as it sees them).
 
-    It routes every service, and keeps the X-Forwarded-* its callers (the pool's own services) send.
+    It routes every service, and keeps the X-Forwarded-* its callers (the pool's own services) send; with
+    `settings.fence_callers`, only to the callers the catalogue names.
     """
-    router = ServiceRouter(_source(settings), aliases=catalog.ALIASES, reporter=_reporter(settings))
+    source = _source(settings)
+    router = ServiceRouter(source, aliases=catalog.ALIASES, reporter=_reporter(settings),
+                           fence=CallerFence(source) if settings.fence_callers else None)
     return RoutingApp("load-balancer", router, router, show_replicas=True)
 
 

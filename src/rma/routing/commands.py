@@ -51,11 +51,16 @@ def load_balancer(
     refresh_interval: float = _REFRESH,
     tls_cert: str | None = _TLS_CERT,
     tls_key: str | None = _TLS_KEY,
+    fence_callers: bool = typer.Option(False, "--fence-callers", envvar="RMA_FENCE_CALLERS",
+                                       help="On the mesh, where a caller's address is its certificate's: pass a "
+                                            "call on only from the workers running a service that calls it "
+                                            "(notes-coa → llm-inference); 403 for any other."),
 ) -> None:
     """Run the load balancer: /service/{name}/{path} to a healthy replica, for internal traffic."""
     from rma.routing.app import RouterSettings, create_load_balancer, serve
 
-    settings = RouterSettings(host, port, _urls(coordinator_url), admin_token or None, refresh_interval)
+    settings = RouterSettings(host, port, _urls(coordinator_url), admin_token or None, refresh_interval,
+                              fence_callers)
     serve(create_load_balancer(settings), host, port, front_settings(tls_cert, tls_key))
 
 

@@ -79,6 +79,9 @@ class FastPath:
             route = self.route(name)
         if route is None or not (route.pure or request.method in IDEMPOTENT):
             return False
+        fence = self.router.fence
+        if fence is not None and not fence.admits(route.service, request.client):
+            return False  # the ASGI router answers the refusal
         endpoints = self.source.current().endpoints(route.service)
         now = self.router.clock()
         endpoint = self.balancer.choose(endpoints, (), now) if endpoints else None

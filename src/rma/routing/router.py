@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from rma import catalog
 from rma.front import client_context
 from rma.routing.balancer import Balancer, RetryBudget
+from rma.routing.fence import CallerFence
 from rma.routing.proxy import (
     HOP_BY_HOP,
     Body,
@@ -127,8 +128,9 @@ class ServiceRouter:
                  strip_headers: frozenset[bytes] = frozenset(), rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic, health_every_s: float = HEALTH_EVERY_S,
                  reporter: TrafficReporter | None = None, exposed: frozenset[str] | None = None,
-                 trust_forwarded: bool = True) -> None:
+                 trust_forwarded: bool = True, fence: CallerFence | None = None) -> None:
         self.source = source
+        self.fence = fence
         self.prefix = prefix.rstrip("/")
         self.aliases = dict(aliases or {})
         self.exposed = exposed
@@ -211,6 +213,9 @@ class ServiceRouter:
         try:
             name, rest = self.split(scope)
             service = self.resolve(name)
+            if self.fence is not None and not self.fence.admits(service, scope.get("client")):
+                raise RouteError(403, f"this caller may not call {service} here", service=service,
+                                 reason=self.fence.refusal(service))
             counts = self.traffic.of(service)
             table = self.source.current()
             endpoints = table.endpoints(service)

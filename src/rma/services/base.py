@@ -71,6 +71,7 @@ class Context:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     secret: str | None = field(default=None, repr=False)  # the store's credential, from the coordinator
     engine: str | None = None  # the engine the coordinator chose; None: the driver's `engine`
+    on_mesh: bool = False  # `host` is the worker's overlay address: a caller's address there is its certificate's
 
 
 @dataclass(frozen=True)

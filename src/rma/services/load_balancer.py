@@ -12,4 +12,5 @@ class LoadBalancer(ServiceDriver):
     passes = ROUTER_VARIABLES
 
     def launch(self, ctx: Context) -> Launch:
-        return Launch(router_argv("load-balancer", ctx))
+        """On the mesh it fences callers (rma.routing.fence): there a caller's address proves who calls."""
+        return Launch(router_argv("load-balancer", ctx) + (("--fence-callers",) if ctx.on_mesh else ()))

@@ -226,20 +226,22 @@ class Agent:
 
     def _start(self, config: ServiceConfig, group: asyncio.TaskGroup) -> None:
         name, port, data_dir = config.name, config.port, self.config.data_dir
-        placement = Placement(self._bind_host(name), port, service_dir(data_dir, name),
+        overlay = self._overlay_host(name)
+        placement = Placement(overlay or self.config.bind_host, port, service_dir(data_dir, name),
                               data_dir / "logs" / f"{name}.log", self.config.coordinator_urls, self.interval,
                               {**self.config.service_env, **config.env}, config.secret,
-                              config.engine or next(iter(self.profile.engines.get(name, ())), None))
+                              config.engine or next(iter(self.profile.engines.get(name, ())), None),
+                              on_mesh=overlay is not None)
         sup = Supervisor(self.drivers[name], placement, self.policy, on_change=self._report_now.set)
         self.supervisors[name] = sup
         log.info("%s: assigned, starting on port %d (log %s)", name, port, placement.log_path)
         group.create_task(self._supervise(sup), name=f"supervise-{name}")
 
-    def _bind_host(self, service: str) -> str:
-        """Where a service listens: on the mesh, at the overlay address only, so nothing off the mesh reaches it;
-        the edge proxy, the pool's way in, where the internet reaches it."""
+    def _overlay_host(self, service: str) -> str | None:
+        """The overlay address a service listens on, so that nothing off the mesh reaches it; None off the mesh,
+        and for the edge proxy, the pool's way in, which listens where the internet reaches it (the bind host)."""
         address = self.mesh.address if self.mesh is not None else None
-        return address if address and not BY_NAME[service].internet_facing else self.config.bind_host
+        return address if address and not BY_NAME[service].internet_facing else None
 
     async def _supervise(self, sup: Supervisor) -> None:
         """Run one supervisor; a fault in it ends that service, never the worker."""

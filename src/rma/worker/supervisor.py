@@ -71,6 +71,7 @@ class Placement:
     env: dict[str, str] = field(default_factory=dict, repr=False)  # the service variables; some are tokens
     secret: str | None = field(default=None, repr=False)  # a store's credential, from the coordinator
     engine: str | None = None  # the engine to run the service with
+    on_mesh: bool = False  # `host` is the worker's overlay address: a caller's address there is its certificate's
 
 
 class Supervisor:
@@ -141,7 +142,7 @@ class Supervisor:
             log.warning("%s: port %d is taken, using %d", self.name, where.port, port)
         self._port = port
         ctx = Context(where.host, port, where.data_dir, where.coordinator_urls, where.heartbeat_interval, where.env,
-                      where.secret, where.engine)
+                      where.secret, where.engine, where.on_mesh)
         try:
             # In a thread: a first start may take seconds (initdb), and the worker must keep beating.
             await asyncio.to_thread(self.driver.prepare, ctx)

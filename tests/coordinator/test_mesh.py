@@ -173,3 +173,11 @@ def test_an_applications_server_joins_as_a_client_member_and_can_be_revoked(tmp_
         assert len(revoked) == 1
         again = api.post("/api/admin/mesh/clients", json={"name": "app", "public_key": key}, headers=ADMIN)
         assert again.status_code == 403
+
+
+def test_a_mesh_pools_coordinator_sends_service_calls_to_an_edge_proxy(tmp_path: Path) -> None:
+    """It is not on the mesh, so the services' overlay addresses are out of its reach: it says where to go."""
+    with mesh_client(tmp_path / "coordinator") as api:
+        join(api, "cpu-1", make_node_keys(tmp_path / "node"))
+        for answer in (api.get("/service/ner/health"), api.post("/service/notes-coa/x", content=b"{}")):
+            assert answer.status_code == 503 and "call an edge proxy" in answer.json()["reason"], answer.text

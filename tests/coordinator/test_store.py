@@ -48,3 +48,13 @@ def test_a_registry_made_readable_before_is_tightened(tmp_path: Path, usual_umas
     found = modes(tmp_path)
     assert found == dict.fromkeys(found, 0o600) and "registry.sqlite3-wal" in found
     store.close()
+
+
+def test_an_expired_certificate_leaves_the_issued_table_when_the_next_is_signed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "registry.sqlite3")
+    store.save_issued("old", "cpu-1", expires=100.0, now=50.0)
+    store.save_issued("other", "cpu-2", expires=1000.0, now=60.0)
+    assert store.issued("cpu-1", now=90.0) == ["old"]
+    store.save_issued("renewed", "cpu-1", expires=2000.0, now=150.0)  # renewed after the old one expired
+    assert store.issued("cpu-1", now=0.0) == ["renewed"] and store.issued("cpu-2", now=0.0) == ["other"]
+    store.close()

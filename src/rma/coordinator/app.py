@@ -23,6 +23,7 @@ from starlette.responses import FileResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from rma import catalog
 from rma.body_limit import BodyLimit
 from rma.coordinator.answers import Answers
 from rma.coordinator.history import History, WorkerFigures
@@ -128,8 +129,9 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     if gateway is None:  # `rma coordinator --api-keys` (or RMA_API_KEYS) guards /service, as on the edge
         from_env = GatewaySettings.from_env(os.environ)
         gateway = dataclasses.replace(from_env, api_keys=settings.api_keys or from_env.api_keys)
-    services, guarded = coordinator_service(registry.routing_table, gateway, reasons=lambda: _gap_reasons(registry),
-                                            version=lambda: registry.generation)
+    table, reasons = (registry.routing_table, lambda: _gap_reasons(registry)) if mesh is None else (
+        dict, lambda: NOT_ON_THE_MESH)  # not a member of its pool's mesh: the overlay addresses are out of its reach
+    services, guarded = coordinator_service(table, gateway, reasons=reasons, version=lambda: registry.generation)
     app = Starlette(
         routes=[
             *worker_routes(state),
@@ -148,6 +150,12 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     )
     app.state.coordinator = state
     return app
+
+
+# Why a mesh pool's coordinator routes nothing through its `/service`: it signs the members' certificates but is
+# not one of them. Users call the services through an edge proxy.
+NOT_ON_THE_MESH = {name: "this pool runs on a mesh the coordinator is not a member of: call an edge proxy"
+                   for name in catalog.BY_NAME}
 
 
 async def _dashboard_page(request: Request) -> FileResponse:

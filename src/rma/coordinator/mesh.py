@@ -124,7 +124,7 @@ class MeshAuthority:
         duration = self.settings.client_certificate_s if node.kind == "client" else self.settings.certificate_s
         certificate = self.ca.sign(node.worker_id, node.public_key, ipaddress.IPv4Interface(node.address),
                                    [node.kind], duration)
-        self.store.save_issued(certificate.fingerprint, node.worker_id, certificate.expires)
+        self.store.save_issued(certificate.fingerprint, node.worker_id, certificate.expires, self.clock())
         return certificate
 
     def _free_address(self) -> str:

@@ -351,7 +351,8 @@ def _service_paths() -> Json:
         "429": _error("Over the rate limit (RMA_RATE_LIMIT a second, RMA_RATE_BURST at once) of the API key, or "
                       "of the client address without one.", "RouteError", retry),
         "502": _error("No replica could be reached, or one dropped the connection.", "RouteError"),
-        "503": _error("No healthy replica of the service now.", "NoReplica", retry),
+        "503": _error("No healthy replica of the service now; or none this coordinator can reach: the pool runs on "
+                      "a mesh the coordinator is not a member of (call an edge proxy).", "NoReplica", retry),
         "504": _error("The replica did not answer in time.", "RouteError"),
     }
     item: Json = {"parameters": parameters}

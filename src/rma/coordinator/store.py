@@ -149,8 +149,10 @@ class Store:
         revoked = self._db.execute("SELECT fingerprint, worker_id, public_key, revoked_at FROM mesh_revoked").fetchall()
         return [MeshNode(*row) for row in nodes], [Revoked(*row) for row in revoked]
 
-    def save_issued(self, fingerprint: str, worker_id: str, expires: float) -> None:
-        """A certificate the CA signed: what revoking its worker must list, until it expires."""
+    def save_issued(self, fingerprint: str, worker_id: str, expires: float, now: float) -> None:
+        """A certificate the CA signed: what revoking its worker must list, until it expires (then it goes, so
+        renewals every half life do not grow the table)."""
+        self._db.execute("DELETE FROM mesh_issued WHERE expires <= ?", (now,))
         self._db.execute("INSERT OR REPLACE INTO mesh_issued VALUES (?, ?, ?)", (fingerprint, worker_id, expires))
 
     def issued(self, worker_id: str, now: float) -> list[str]:

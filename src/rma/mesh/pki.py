@@ -114,11 +114,7 @@ class MeshCa:
                      "-out-crt", f"{scratch}/ca.crt")
                 write_private(self.key, Path(scratch, "ca.key").read_bytes())
                 self.crt.write_bytes(Path(scratch, "ca.crt").read_bytes())
-
-    @property
-    def certificate(self) -> str:
-        """The CA's certificate (public): every node trusts it."""
-        return self.crt.read_text()
+        self.certificate = self.crt.read_text()  # public: every node trusts it, and every membership carries it
 
     def sign(self, name: str, public_key: str, address: ipaddress.IPv4Interface, groups: Sequence[str],
              duration_s: int) -> Certificate:

@@ -206,6 +206,7 @@ def test_a_refused_or_unreachable_coordinator_is_exit_code_1() -> None:
     ("1 of 1 healthy workers: llama-cpp needs 4096 MB RAM, worker has 2048 MB", [], "needs 4096 MB RAM"),
     ("1 of 1 healthy workers: worker reports no engine list, so only cpu services", [], "no engine list"),
     ("1 of 1 healthy workers: a future verdict", [], "a future verdict"),  # unknown text: shown whole
+    ("needs a shared store: this coordinator keeps the pool in its own SQLite file", [], "needs a shared store"),
 ])
 def test_short_reasons(reason: str, states: list[str], short: str) -> None:
     assert short_reason(reason, states) == short

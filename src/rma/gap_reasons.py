@@ -32,6 +32,7 @@ _VERDICTS: tuple[tuple[re.Pattern[str], str, int], ...] = tuple(
         (r"\S+ runs tier-1 services on CPU workers only", "cpu engine: cpu workers only", 2),
         (r"worker reports no engine list, so only \w+ services", "no engine list", 2),
         (r"needs a worker of kind (\w+)", r"needs \1 worker", 3),
+        (r"needs a shared store: .*", "needs a shared store", 3),  # the pool withholds it (a lone registry)
     ))
 UNKNOWN_RANK = 1  # a verdict this table does not know yet is shown whole, as specific as any
 

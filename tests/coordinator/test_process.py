@@ -145,28 +145,29 @@ def test_the_coordinators_own_service_route(tmp_path: Path, processes: list[RmaP
     coordinator, url = start_coordinator(tmp_path)
     processes.append(coordinator)
     own_port = int(url.rsplit(":", 1)[1])
-    replica, replica_url = start_coordinator(tmp_path, name="replica")
-    processes.append(replica)
-    edge = register(url, "e1", "edge", ["rma-coordinator"])
-    assert edge["assigned_services"] == ["coordinator"]
+    # Any HTTP server answering /health stands in for the worker's ner-extraction: a second coordinator.
+    stand_in, stand_in_url = start_coordinator(tmp_path, name="stand-in")
+    processes.append(stand_in)
+    worker = register(url, "c1", "cpu", ["spacy"])
+    assert worker["assigned_services"] == ["ner-extraction"]
 
     def report(port: int) -> None:
-        httpx.post(f"{url}/api/worker/heartbeat", headers={"Authorization": f"Bearer {edge['worker_token']}"},
-                   json={"worker_id": "e1", "services_status": {"coordinator": {"state": "healthy", "port": port}}})
+        httpx.post(f"{url}/api/worker/heartbeat", headers={"Authorization": f"Bearer {worker['worker_token']}"},
+                   json={"worker_id": "c1", "services_status": {"ner-extraction": {"state": "healthy", "port": port}}})
 
     # A replica never serves on this very coordinator's port: that report is refused, never probed.
     report(own_port)
     checks = wait_until(lambda: httpx.get(f"{url}/api/admin/workers").json()["workers"][0]["port_checks"],
                         timeout=3, what="the refused port")
-    assert "the coordinator's own port" in checks["coordinator"]["reason"]
-    # The edge worker's replica moved off 8080: the coordinator checks the new port, then routes to it.
-    report(int(replica_url.rsplit(":", 1)[1]))
+    assert "the coordinator's own port" in checks["ner-extraction"]["reason"]
+    # The worker's replica moved off its assigned port: the coordinator checks the new port, then routes to it.
+    report(int(stand_in_url.rsplit(":", 1)[1]))
     # The route reads the registry's table at most every half second.
-    through = wait_until(lambda: (r := httpx.get(f"{url}/service/coordinator/health?verbose=1", timeout=5))
-                         .status_code == 200 and r, timeout=5, what="a routable coordinator replica")
-    assert through.json()["workers"]["total"] == 0  # the replica's own registry, not this one's
-    uncovered = httpx.get(f"{url}/service/ner/extract", timeout=5)
-    assert uncovered.status_code == 503 and "ner-extraction" in uncovered.text
+    through = wait_until(lambda: (r := httpx.get(f"{url}/service/ner/health?verbose=1", timeout=5))
+                         .status_code == 200 and r, timeout=5, what="a routable ner-extraction replica")
+    assert through.json()["workers"]["total"] == 0  # the stand-in's own registry, not this one's
+    uncovered = httpx.get(f"{url}/service/notes/x", timeout=5)
+    assert uncovered.status_code == 503 and "notes-coa" in uncovered.text
     assert "reason" in uncovered.json()
     assert httpx.get(f"{url}/service/nonsense/x", timeout=5).status_code == 404
 

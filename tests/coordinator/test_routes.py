@@ -234,6 +234,15 @@ def test_body_size_limit(tmp_path: Path) -> None:
         assert api.get("/health").status_code == 200
 
 
+def test_a_coordinator_on_its_own_sqlite_file_gives_no_worker_a_coordinator_replica(api: TestClient) -> None:
+    """A replica would start on an empty registry of its own: a second pool, not a replica."""
+    edge = register(api, worker_id="edge-1", capabilities={
+        "worker_type": "edge", "engines": ["rma-coordinator", "rma-edge-proxy", "rma-load-balancer"]})
+    assert set(edge["assigned_services"]) == {"edge-proxy", "load-balancer"}
+    gaps = {g["service"]: g for g in api.get("/api/admin/gaps").json()["gaps"]}
+    assert gaps["coordinator"]["current_workers"] == 0 and "needs a shared store" in gaps["coordinator"]["reason"]
+
+
 def test_gap_report_shape_and_reasons(api: TestClient) -> None:
     register(api, capabilities={"worker_type": "cpu", "engines": ["spacy"]})
     report = api.get("/api/admin/gaps").json()

@@ -26,13 +26,6 @@ def test_a_laptop_runs_a_cpu_a_storage_and_an_edge_worker(tmp_path: Path) -> Non
     assert storage.config.persistent_data and storage.profile.capabilities.worker_type == "storage"
 
 
-def test_the_edge_worker_runs_no_second_coordinator(tmp_path: Path) -> None:
-    edge = local_workers(tmp_path, "http://127.0.0.1:8080", "127.0.0.1", "edge", {}, LAPTOP)[0]
-    assert "coordinator" not in edge.profile.engines
-    engines = edge.profile.capabilities.engines or []
-    assert "rma-coordinator" not in engines and "rma-edge-proxy" in engines
-
-
 def test_a_gpu_worker_only_where_a_gpu_is_found(tmp_path: Path) -> None:
     gpu_box = machine(nvml=[A4090], modules=("rma", "spacy", "pypdf", "docx"), binaries=("redis-server",))
     assert kinds(local_workers(tmp_path, "http://127.0.0.1:8080", "127.0.0.1", "auto", {}, gpu_box)) == [
@@ -50,7 +43,6 @@ def test_a_requested_kind_is_the_only_worker(tmp_path: Path) -> None:
 def test_what_each_kind_can_serve() -> None:
     assert serves_kind(Kind.CPU, {"vision-ocr": ("tesseract",)}, has_gpu=False)  # tier 1 on a CPU engine
     assert not serves_kind(Kind.CPU, {"llm-inference": ("vllm",)}, has_gpu=True)  # needs the GPU worker
-    assert not serves_kind(Kind.EDGE, {"coordinator": ("rma-coordinator",)}, has_gpu=False)
     assert serves_kind(Kind.STORAGE, {"redis": ("redis-server",)}, has_gpu=False)
     assert not serves_kind(Kind.GPU, {"llm-inference": ("vllm",)}, has_gpu=False)
 

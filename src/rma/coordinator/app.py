@@ -93,7 +93,8 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     variables (RMA_API_KEYS, RMA_CORS_ORIGINS, RMA_MAX_BODY_MB, RMA_RATE_LIMIT, RMA_RATE_BURST).
     """
     store = Store(settings.data_dir / "registry.sqlite3")
-    registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown)
+    registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown,
+                        withheld=LONE_REGISTRY)
     mesh = None if settings.mesh is None else MeshAuthority(settings.mesh, settings.data_dir / "mesh-ca", store,
                                                              registry.clock)
     answers = Answers(registry, settings.heartbeat_interval, mesh)
@@ -150,6 +151,12 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     )
     app.state.coordinator = state
     return app
+
+
+# A coordinator on its own SQLite file gives no worker the `coordinator` service: a replica needs the pool's
+# registry, and one started on a file of its own would be a second pool (two placements, two sets of secrets).
+LONE_REGISTRY = {"coordinator": "needs a shared store: this coordinator keeps the pool in its own SQLite file, "
+                                "and a replica on a file of its own would be a second, split pool"}
 
 
 # Why a mesh pool's coordinator routes nothing through its `/service`: it signs the members' certificates but is

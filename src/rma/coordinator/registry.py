@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +55,10 @@ class Event:
 
 class Registry:
     def __init__(self, store: Store, heartbeat_interval: float, grace_intervals: float = 3,
-                 failure_cooldown: float = 300, clock: Callable[[], float] = time.time) -> None:
+                 failure_cooldown: float = 300, clock: Callable[[], float] = time.time,
+                 withheld: Mapping[str, str] | None = None) -> None:
         self.store = store
+        self.withheld = dict(withheld or {})  # services this pool offers no worker → why (the gap report's reason)
         self.heartbeat_interval = heartbeat_interval
         self.grace = heartbeat_interval * grace_intervals
         self.failure_cooldown = failure_cooldown
@@ -134,7 +136,7 @@ class Registry:
         if record.planned_generation == self.generation and not record.failed_at:
             return False
         now = self.clock()
-        plan = desire(record.view(now, self.failure_cooldown), Pool(self.counts))
+        plan = desire(record.view(now, self.failure_cooldown), Pool(self.counts, self.withheld))
         if plan.services != record.assigned:
             record.assigned = plan.services
             record.holds_data = record.holds_data | {s for s in plan.services if BY_NAME[s].stateful}
@@ -342,7 +344,7 @@ class Registry:
         return matches and record is not None
 
     def pool(self) -> Pool:
-        return Pool(Counter(self.counts))
+        return Pool(Counter(self.counts), self.withheld)
 
     def views(self) -> list[WorkerState]:
         now = self.clock()

@@ -90,6 +90,8 @@ def engine_for(service: Service, worker: WorkerState) -> Verdict:
 
 def check(service: Service, worker: WorkerState, others: Pool, running: Iterable[str]) -> Verdict:
     """May `worker` run `service` beside the services in `running`, given the rest of the pool?"""
+    if service.name in others.withheld:
+        return Verdict(None, others.withheld[service.name])
     if not worker.healthy:
         return Verdict(None, "worker is down")
     if service.name in worker.failed:

@@ -35,6 +35,8 @@ def _status(service: Service, healthy: int) -> str:
 
 
 def _why_uncovered(service: Service, workers: list[WorkerState], pool: Pool) -> str:
+    if service.name in pool.withheld:
+        return pool.withheld[service.name]
     assigned = pool.assigned(service.name)
     if assigned:
         return f"assigned to {assigned} worker(s), none healthy yet"

@@ -7,7 +7,7 @@ The registry keeps one `Pool` up to date by adding and subtracting each worker's
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from rma.catalog import Kind
@@ -56,9 +56,10 @@ def contribution(worker: WorkerState) -> Counter[tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class Pool:
-    """Replica counts over the healthy workers."""
+    """Replica counts over the healthy workers, and the services the pool does not offer at all."""
 
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    withheld: Mapping[str, str] = field(default_factory=dict)  # service → why no worker is given it
 
     @classmethod
     def of(cls, workers: Iterable[WorkerState]) -> Pool:
@@ -70,7 +71,7 @@ class Pool:
     def without(self, worker: WorkerState) -> Pool:
         counts = Counter(self.counts)
         counts.subtract(contribution(worker))
-        return Pool(counts)
+        return Pool(counts, self.withheld)
 
     def workers(self, kind: Kind) -> int:
         return self.counts[("workers", kind)]

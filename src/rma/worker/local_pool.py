@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from rma.catalog import BY_NAME, Kind
@@ -21,9 +21,6 @@ from rma.worker.config import WorkerConfig
 from rma.worker.probe import Probe
 from rma.worker.profile import build_profile
 
-# `rma up` runs the pool's coordinator itself; a `coordinator` replica on its edge worker would
-# be a second, independent registry (replicas need a shared store), so that engine is withheld.
-WITHHELD_SERVICES = frozenset({"coordinator"})
 UP_KINDS = (Kind.GPU, Kind.CPU, Kind.STORAGE, Kind.EDGE)
 
 
@@ -46,7 +43,7 @@ def serves_kind(kind: Kind, engines: Mapping[str, tuple[str, ...]], has_gpu: boo
             or BY_NAME[name].kind == Kind.GPU and any(not BY_NAME[name].engine(e).needs_gpu for e in names)
             for name, names in engines.items()
         )
-    return any(BY_NAME[name].kind == kind for name in engines if name not in WITHHELD_SERVICES)
+    return any(BY_NAME[name].kind == kind for name in engines)
 
 
 def worker_id_for(kind: Kind, hostname: str | None = None) -> str:
@@ -64,17 +61,7 @@ def local_workers(data_dir: Path, coordinator_url: str, host: str, requested: st
         config = WorkerConfig((coordinator_url,), kind.value, worker_id_for(kind), None,
                               data_dir / "workers" / kind.value, host, None, kind == Kind.STORAGE, env)
         profile, lines = build_profile(config, probe)
-        profile = _withhold(profile)
         if requested == "auto" and not serves_kind(kind, profile.engines, profile.capabilities.has_gpu):
             continue
         workers.append(LocalWorker(kind, config, profile, tuple(lines)))
     return workers
-
-
-def _withhold(profile: Profile) -> Profile:
-    engines = {name: names for name, names in profile.engines.items() if name not in WITHHELD_SERVICES}
-    withheld = {e for name in WITHHELD_SERVICES for e in profile.engines.get(name, ())}
-    listed = profile.capabilities.engines
-    capabilities = profile.capabilities.model_copy(
-        update={"engines": None if listed is None else [e for e in listed if e not in withheld]})
-    return replace(profile, capabilities=capabilities, engines=engines)

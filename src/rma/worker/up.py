@@ -34,7 +34,7 @@ from rma.worker.agent import Agent
 from rma.worker.client import CoordinatorClient
 from rma.worker.commands import LOG_FORMAT
 from rma.worker.config import service_env
-from rma.worker.local_pool import WITHHELD_SERVICES, LocalWorker, local_workers
+from rma.worker.local_pool import LocalWorker, local_workers
 from rma.worker.probe import Probe
 from rma.worker.readiness import Progress, WorkerSnapshot, summary
 from rma.worker.supervisor import Placement, State, Supervisor
@@ -194,14 +194,8 @@ async def _announce(agents: list[Agent], workers: list[LocalWorker], url: str, h
             if gaps is not None:
                 progress.ready = True
                 reasons = {str(g["service"]): short_reason(str(g["reason"])) for g in gaps}
-                typer.echo(summary(gaps, elapsed, reasons | _up_reasons(url)))
+                typer.echo(summary(gaps, elapsed, reasons))
         await asyncio.sleep(ANNOUNCE_EVERY_S)
-
-
-def _up_reasons(url: str) -> dict[str, str]:
-    """Why `rma up` itself leaves a service uncovered."""
-    return {name: f"rma up runs the pool's one coordinator, {url}; a replica needs a shared store"
-            for name in WITHHELD_SERVICES}
 
 
 async def _gaps(url: str) -> list[dict[str, Any]] | None:

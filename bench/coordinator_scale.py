@@ -36,7 +36,8 @@ import psutil
 import uvloop
 
 from rma.catalog import SERVICES
-from rma.coordinator.store import Store, StoredWorker
+from rma.coordinator.sqlite_store import SqliteStore
+from rma.coordinator.store import StoredWorker
 
 KINDS = [
     ("cpu", ["spacy", "pdf-docx", "rma-notes-coa", "llama-cpp", "tesseract", "sentence-transformers"]),
@@ -155,7 +156,7 @@ def restore_store_holders(data_dir: Path, holders: int) -> None:
         return
     stores = tuple(s.name for s in SERVICES if s.stateful)
     caps = json.dumps({"worker_type": "storage", "ram_mb": 16384})
-    store = Store(data_dir / "registry.sqlite3")
+    store = SqliteStore(data_dir / "registry.sqlite3")
     now = time.time()
     for i in range(holders):
         store.save(StoredWorker(f"holder-{i:06d}", "unused", "storage", "127.0.0.1", None, caps, stores,

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rma.coordinator.registry import Registry
-from rma.coordinator.store import Store
+from rma.coordinator.sqlite_store import SqliteStore
 from rma.protocol import HeartbeatRequest, RegisterRequest
 from rma.worker.config import WorkerConfig
 from rma.worker.probe import Probe
@@ -29,7 +29,7 @@ CPU_STAND_IN = ["llama-cpp", "tesseract", "sentence-transformers"]
 
 def show_placement(gpu_capabilities: dict[str, object], title: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        registry = Registry(Store(Path(tmp) / "registry.sqlite3"), heartbeat_interval=5)
+        registry = Registry(SqliteStore(Path(tmp) / "registry.sqlite3"), heartbeat_interval=5)
         cpu = RegisterRequest.model_validate({"worker_id": "cpu-volunteer", "capabilities": {
             "worker_type": "cpu", "engines": CPU_STAND_IN, "ram_mb": 16384}})
         stand_in, _ = registry.register(cpu, "127.0.0.1", None)

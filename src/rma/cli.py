@@ -21,6 +21,10 @@ def coordinator(
     port: int = typer.Option(8080, envvar="COORDINATOR_PORT", help="Port to listen on."),
     data_dir: Path = typer.Option(Path(".rma/coordinator"), envvar="COORDINATOR_DATA_DIR",
                                   help="Registry folder."),
+    store: str | None = typer.Option(None, "--store", envvar="RMA_STORE_URL", show_default=False,
+                                     help="Where the pool is kept: sqlite:///path (default: registry.sqlite3 in "
+                                          "the data dir), or etcd://host:2379[,host:2379...], a store the "
+                                          "coordinator's replicas share."),
     heartbeat_interval: float = typer.Option(5.0, envvar="HEARTBEAT_INTERVAL", min=0.1,
                                              help="Seconds between worker heartbeats."),
     grace_intervals: float = typer.Option(3.0, envvar="HEARTBEAT_GRACE_INTERVALS", min=1.0,
@@ -53,6 +57,7 @@ def coordinator(
     """Run the coordinator: worker registry, gap-filling placement, health timers."""
     from rma.coordinator.auth import parse_networks
     from rma.coordinator.server import serve
+    from rma.coordinator.store import store_location
     from rma.routing.commands import front_settings
 
     try:
@@ -60,11 +65,16 @@ def coordinator(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--vouched-networks / RMA_VOUCHED_NETWORKS") from None
     try:
+        store_location(store, data_dir)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--store / RMA_STORE_URL") from None
+    try:
         mesh = None if not mesh_network else MeshSettings(IPv4Network(mesh_network),
                                                           round(mesh_certificate_hours * 3600))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--mesh-network / RMA_MESH_NETWORK") from None
-    serve(CoordinatorSettings(host=host, port=port, data_dir=data_dir, heartbeat_interval=heartbeat_interval,
+    serve(CoordinatorSettings(host=host, port=port, data_dir=data_dir, store_url=store or None,
+                              heartbeat_interval=heartbeat_interval,
                               grace_intervals=grace_intervals, join_token=join_token or None,
                               admin_token=admin_token or None, api_keys=_keys(api_keys), store_keys=_keys(store_keys),
                               vouched_networks=vouched, mesh=mesh), front_settings(tls_cert, tls_key))

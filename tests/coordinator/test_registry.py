@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rma.coordinator.registry import Registry
-from rma.coordinator.store import Store
+from rma.coordinator.sqlite_store import SqliteStore
 from rma.protocol import Conflict, HeartbeatRequest, NotFound, RegisterRequest, ServiceStatus
 
 
@@ -21,7 +21,7 @@ class Clock:
 
 
 def make(tmp_path: Path, clock: Clock, interval: float = 1.0) -> Registry:
-    return Registry(Store(tmp_path / "registry.sqlite3"), interval, grace_intervals=3, failure_cooldown=60,
+    return Registry(SqliteStore(tmp_path / "registry.sqlite3"), interval, grace_intervals=3, failure_cooldown=60,
                     clock=clock)
 
 

@@ -16,7 +16,8 @@ from rma.coordinator.answers import Answers
 from rma.coordinator.record import WorkerRecord
 from rma.coordinator.registry import HEAL_LOOKED_AT, Registry
 from rma.coordinator.secrets import STORE_VARIABLES, NamedStores
-from rma.coordinator.store import Store, StoredWorker
+from rma.coordinator.sqlite_store import SqliteStore
+from rma.coordinator.store import StoredWorker
 from rma.protocol import Capabilities, HeartbeatRequest, RegisterRequest
 
 STORES = tuple(STORE_VARIABLES)
@@ -67,13 +68,13 @@ class ScanCountingDict(dict[str, WorkerRecord]):
 
 def restored(tmp_path: Path, clock: Clock, holders: int) -> Registry:
     """A coordinator restarted over `holders` seed-shape storage workers that each run every store."""
-    store = Store(tmp_path / "registry.sqlite3")
+    store = SqliteStore(tmp_path / "registry.sqlite3")
     caps = Capabilities(worker_type="storage", ram_mb=16384).model_dump_json()
     for i in range(holders):
         store.save(StoredWorker(f"h{i:04d}", "unused", "storage", f"10.0.{i // 250}.{i % 250 + 1}", None, caps,
                                 STORES, frozenset(STORES), clock.now, clock.now))
     store.close()
-    return Registry(Store(tmp_path / "registry.sqlite3"), 1.0, grace_intervals=3, failure_cooldown=60,
+    return Registry(SqliteStore(tmp_path / "registry.sqlite3"), 1.0, grace_intervals=3, failure_cooldown=60,
                     clock=clock)
 
 
@@ -167,7 +168,7 @@ def test_named_store_matches_a_rescan_through_churn() -> None:
 def test_healing_looks_at_a_bounded_part_of_the_pool(tmp_path: Path) -> None:
     """A store holder dies in a pool where the first HEAL_LOOKED_AT workers cannot take stores."""
     clock = Clock()
-    registry = Registry(Store(tmp_path / "registry.sqlite3"), 1.0, grace_intervals=3, failure_cooldown=60,
+    registry = Registry(SqliteStore(tmp_path / "registry.sqlite3"), 1.0, grace_intervals=3, failure_cooldown=60,
                         clock=clock)
     seed_join(registry, "s-first", "storage")
     for i in range(HEAL_LOOKED_AT):

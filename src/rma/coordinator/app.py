@@ -33,7 +33,7 @@ from rma.coordinator.openapi import install as install_openapi
 from rma.coordinator.registry import Registry
 from rma.coordinator.routes import router, worker_routes
 from rma.coordinator.state import CoordinatorSettings, CoordinatorState
-from rma.coordinator.store import Store
+from rma.coordinator.store import open_store
 from rma.coordinator.watch import Watchers
 from rma.placement import gap_report
 from rma.protocol import ApiError
@@ -92,7 +92,7 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     `/service` goes through `gateway`; by default the edge proxy's settings, read from the same
     variables (RMA_API_KEYS, RMA_CORS_ORIGINS, RMA_MAX_BODY_MB, RMA_RATE_LIMIT, RMA_RATE_BURST).
     """
-    store = Store(settings.data_dir / "registry.sqlite3")
+    store = open_store(settings.store_url, settings.data_dir)
     registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown,
                         withheld=LONE_REGISTRY)
     mesh = None if settings.mesh is None else MeshAuthority(settings.mesh, settings.data_dir / "mesh-ca", store,

@@ -26,9 +26,8 @@ class SecretBook:
         if not BY_NAME[service].stateful:
             return None
         secret = self._secrets.get(service)
-        if secret is None:
-            secret = self._secrets[service] = secrets.token_urlsafe(24)
-            self.store.save_secret(service, secret)
+        if secret is None:  # another coordinator on the same store may have made it first: theirs is kept
+            secret = self._secrets[service] = self.store.claim_secret(service, secrets.token_urlsafe(24))
         return secret
 
 

@@ -37,6 +37,8 @@ class CoordinatorSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path(".rma/coordinator")
+    # Where the pool is kept (RMA_STORE_URL): None for SQLite in data_dir; etcd://… for a store replicas share.
+    store_url: str | None = None
     heartbeat_interval: float = 5.0
     # A worker silent for this many intervals is down and its services become gaps.
     grace_intervals: float = 3.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rma.coordinator.store import Store
+from rma.coordinator.sqlite_store import SqliteStore
 
 
 @pytest.fixture
@@ -27,8 +27,8 @@ def modes(folder: Path) -> dict[str, int]:
 
 
 def test_the_registry_and_its_wal_and_shm_files_are_the_owners_alone(tmp_path: Path, usual_umask: None) -> None:
-    store = Store(tmp_path / "data" / "registry.sqlite3")
-    store.save_secret("redis", "s3cret")
+    store = SqliteStore(tmp_path / "data" / "registry.sqlite3")
+    store.claim_secret("redis", "s3cret")
     found = modes(tmp_path / "data")
     # WAL mode: SQLite keeps the -wal and -shm files beside the registry while it is open.
     assert set(found) == {"registry.sqlite3", "registry.sqlite3-wal", "registry.sqlite3-shm"}
@@ -38,23 +38,14 @@ def test_the_registry_and_its_wal_and_shm_files_are_the_owners_alone(tmp_path: P
 
 
 def test_a_registry_made_readable_before_is_tightened(tmp_path: Path, usual_umask: None) -> None:
-    Store(tmp_path / "registry.sqlite3").close()
+    SqliteStore(tmp_path / "registry.sqlite3").close()
     for path in tmp_path.iterdir():
         path.chmod(0o644)
     for name in ("registry.sqlite3-wal", "registry.sqlite3-shm"):  # left by a crash, world-readable
         (tmp_path / name).touch(0o644)
-    store = Store(tmp_path / "registry.sqlite3")
+    store = SqliteStore(tmp_path / "registry.sqlite3")
     assert store.load_secrets() == {}
     found = modes(tmp_path)
     assert found == dict.fromkeys(found, 0o600) and "registry.sqlite3-wal" in found
     store.close()
 
-
-def test_an_expired_certificate_leaves_the_issued_table_when_the_next_is_signed(tmp_path: Path) -> None:
-    store = Store(tmp_path / "registry.sqlite3")
-    store.save_issued("old", "cpu-1", expires=100.0, now=50.0)
-    store.save_issued("other", "cpu-2", expires=1000.0, now=60.0)
-    assert store.issued("cpu-1", now=90.0) == ["old"]
-    store.save_issued("renewed", "cpu-1", expires=2000.0, now=150.0)  # renewed after the old one expired
-    assert store.issued("cpu-1", now=0.0) == ["renewed"] and store.issued("cpu-2", now=0.0) == ["other"]
-    store.close()

@@ -55,6 +55,26 @@ def test_kill_9_right_after_registration_loses_nothing(tmp_path: Path, processes
         assert response.json()["assigned_services"] == answer["assigned_services"]
 
 
+def test_a_restarted_coordinators_first_routing_table_has_every_replica_it_knew(tmp_path: Path,
+                                                                            processes: list[RmaProcess]) -> None:
+    """Routers refresh every second: a table emptied by a restart would be 503s for everything meanwhile."""
+    port = free_port()
+    coordinator, url = start_coordinator(tmp_path, port=port, interval=5.0)
+    processes.append(coordinator)
+    workers = {name: register(url, name, kind, engines) for name, kind, engines in (
+        ("s1", "storage", ["redis-server"]), ("c1", "cpu", ["spacy"]))}
+    for name, answer in workers.items():
+        beat(url, name, answer["worker_token"], answer["assigned_services"])
+    before = httpx.get(f"{url}/api/services/table").json()["services"]
+    assert [r["worker_id"] for r in before["redis"]] == ["s1"] and before["ner-extraction"]
+    coordinator.kill9()
+    restarted, url = start_coordinator(tmp_path, port=port, interval=5.0)
+    processes.append(restarted)
+    first = httpx.get(f"{url}/api/services/table").json()["services"]  # before any worker has beaten again
+    assert {name: [(r["worker_id"], r["port"]) for r in replicas] for name, replicas in first.items() if replicas} == {
+        name: [(r["worker_id"], r["port"]) for r in replicas] for name, replicas in before.items() if replicas}
+
+
 def test_dead_workers_service_moves_to_a_survivor_within_grace(tmp_path: Path,
                                                                processes: list[RmaProcess]) -> None:
     interval = 0.5

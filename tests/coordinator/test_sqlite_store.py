@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,3 +50,19 @@ def test_a_registry_made_readable_before_is_tightened(tmp_path: Path, usual_umas
     assert found == dict.fromkeys(found, 0o600) and "registry.sqlite3-wal" in found
     store.close()
 
+
+
+def test_a_registry_from_before_services_states_were_kept_opens_with_none(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE workers (worker_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL, kind TEXT NOT NULL, "
+                    "host TEXT NOT NULL, tunnel_url TEXT, capabilities TEXT NOT NULL, assigned TEXT NOT NULL, "
+                    "holds_data TEXT NOT NULL, registered_at REAL NOT NULL, last_seen REAL NOT NULL)")
+        old.execute("INSERT INTO workers VALUES ('s1', 'h', 'storage', '127.0.0.1', NULL, '{}', '[\"redis\"]', "
+                    "'[]', 1.0, 2.0)")
+    store = SqliteStore(path)
+    [worker] = store.load()
+    assert worker.assigned == ("redis",) and worker.serving == {}
+    store.save_serving("s1", {"redis": 6379})
+    assert store.load()[0].serving == {"redis": 6379}
+    store.close()

@@ -68,6 +68,8 @@ def test_a_worker_is_kept_with_its_assignment_and_heartbeat_time(reopen: Callabl
                                            ("ner-extraction", "notes-coa"), frozenset({"redis", "postgres"}),
                                            1000.0, 1234.5)
     assert loaded["s-2"].tunnel_url == "https://t" and loaded["s-2"].last_seen == 7.0
+    store.save_serving("cpu-1", {"ner-extraction": 8108, "notes-coa": 18100})
+    assert {w.worker_id: w.serving for w in reopen().load()}["cpu-1"] == {"ner-extraction": 8108, "notes-coa": 18100}
     store.delete("s-2")
     assert [w.worker_id for w in reopen().load()] == ["cpu-1"]
 
@@ -127,6 +129,9 @@ def test_a_registry_restarted_on_the_store_has_the_pool_as_it_was(reopen: Callab
     again = Registry(reopen(), 1.0, clock=clock)
     assert again.get("s1").assigned == ("redis",) and again.get("s1").healthy
     assert again.secrets.secret_for("redis") == secret
+    # Its routing table is whole from the start, not empty until every worker has beaten again.
+    assert [(r["worker_id"], r["port"]) for r in again.routing_table()["redis"]] == [("s1", 6379)]
+    assert again.pool().serving("redis") == 1
 
 
 def test_a_store_url_names_sqlite_or_etcd_and_anything_else_is_refused(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The registry in etcd, which the coordinator's replicas share: the same `Store` as SQLite's.
 
-One key per fact, under /rma/: a worker's record (written at registration), its assignment
-(written when it changes) and its last heartbeat time (written in batches, at most every
+One key per fact, under /rma/: a worker's record (written at registration), its assignment and
+what it serves (each written when it changes) and its last heartbeat time (written in batches, at most every
 SEEN_RESOLUTION_S per worker), so a heartbeat is never a write. A store's secret is claimed
 with a transaction that puts it only where none is, so two replicas never make two secrets.
 """
@@ -9,7 +9,7 @@ with a transaction that puts it only where none is, so two replicas never make t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 
 from rma.coordinator import etcd
@@ -30,6 +30,7 @@ class EtcdStore:
         self.etcd = client
         self.prefix = prefix
         self.workers, self.assigned, self.seen = f"{prefix}workers/", f"{prefix}assigned/", f"{prefix}seen/"
+        self.serving = f"{prefix}serving/"
         self.secrets = f"{prefix}secrets/"
         self.mesh_nodes, self.mesh_issued = f"{prefix}mesh/nodes/", f"{prefix}mesh/issued/"
         self.mesh_revoked = f"{prefix}mesh/revoked/"
@@ -38,13 +39,14 @@ class EtcdStore:
         records = {_suffix(kv.key, self.workers): json.loads(kv.value) for kv in self.etcd.get_prefix(self.workers)}
         assigned = {_suffix(kv.key, self.assigned): json.loads(kv.value) for kv in self.etcd.get_prefix(self.assigned)}
         seen = {_suffix(kv.key, self.seen): float(kv.value) for kv in self.etcd.get_prefix(self.seen)}
+        serving = {_suffix(kv.key, self.serving): json.loads(kv.value) for kv in self.etcd.get_prefix(self.serving)}
         workers = []
         for worker_id, record in records.items():
             placed = assigned.get(worker_id, {"assigned": [], "holds_data": []})
             workers.append(StoredWorker(
                 worker_id, record["token_hash"], record["kind"], record["host"], record["tunnel_url"],
                 record["capabilities"], tuple(placed["assigned"]), frozenset(placed["holds_data"]),
-                record["registered_at"], seen.get(worker_id, record["registered_at"])))
+                record["registered_at"], seen.get(worker_id, record["registered_at"]), serving.get(worker_id, {})))
         return workers
 
     def save(self, worker: StoredWorker) -> None:
@@ -53,7 +55,11 @@ class EtcdStore:
                   "registered_at": worker.registered_at}
         self.etcd.txn([etcd.put(self.workers + worker.worker_id, json.dumps(record)),
                        self._assignment(worker.worker_id, worker.assigned, worker.holds_data),
-                       etcd.put(self.seen + worker.worker_id, repr(worker.last_seen))])
+                       etcd.put(self.seen + worker.worker_id, repr(worker.last_seen)),
+                       etcd.put(self.serving + worker.worker_id, json.dumps(dict(worker.serving)))])
+
+    def save_serving(self, worker_id: str, serving: Mapping[str, int]) -> None:
+        self.etcd.txn([etcd.put(self.serving + worker_id, json.dumps(dict(serving)))])
 
     def _assignment(self, worker_id: str, assigned: Iterable[str], holds_data: Iterable[str]) -> dict[str, object]:
         return etcd.put(self.assigned + worker_id, json.dumps({"assigned": list(assigned),
@@ -66,7 +72,8 @@ class EtcdStore:
         self.etcd.write([etcd.put(self.seen + worker_id, repr(at)) for at, worker_id in seen])
 
     def delete(self, worker_id: str) -> None:
-        self.etcd.txn([etcd.delete(prefix + worker_id) for prefix in (self.workers, self.assigned, self.seen)])
+        self.etcd.txn([etcd.delete(prefix + worker_id)
+                       for prefix in (self.workers, self.assigned, self.seen, self.serving)])
 
     def load_secrets(self) -> dict[str, str]:
         return {_suffix(kv.key, self.secrets): kv.value.decode() for kv in self.etcd.get_prefix(self.secrets)}

@@ -59,6 +59,8 @@ class WorkerRecord:
     suspect_since: float | None = None
     # The heartbeat time last written to the registry's disk.
     persisted_seen: float = 0.0
+    # What it serves as last written to the store (`routable()`), so a change is written once.
+    persisted_serving: dict[str, int] = field(default_factory=dict)
     # Per service reported on a port other than its assigned (catalogue) one: that port, once it
     # answered the coordinator's own check, as long as the worker keeps reporting it.
     confirmed_ports: dict[str, int] = field(default_factory=dict)
@@ -72,6 +74,20 @@ class WorkerRecord:
         serving = self.serving()
         ports = tuple((s, self.port_of(s)) for s in self.assigned if s in serving)
         return (self.healthy, self.assigned, serving, ports)
+
+    def routable(self) -> dict[str, int]:
+        """What routers reach on this worker now: each service it serves → its port (none while it is down)."""
+        if not self.healthy:
+            return {}
+        return {name: port for name in sorted(self.serving()) if (port := self.port_of(name)) is not None}
+
+    def restore_serving(self, serving: dict[str, int]) -> None:
+        """Take back what it served when a coordinator kept it, until its next heartbeat says what it serves now:
+        a restarted coordinator's routing table is never emptier than what it knew."""
+        kept = {name: port for name, port in serving.items() if name in self.assigned}
+        self.services_status = {name: ServiceStatus(state="healthy", port=port) for name, port in kept.items()}
+        self.confirmed_ports = {name: port for name, port in kept.items() if port != BY_NAME[name].port}
+        self.persisted_serving = kept
 
     def port_of(self, service: str) -> int | None:
         """The port routers use: the assigned one, or a reported one the coordinator confirmed; None until then.

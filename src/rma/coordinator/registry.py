@@ -99,6 +99,8 @@ class Registry:
                 now if alive else stored.last_seen, healthy=alive, assigned=stored.assigned,
                 holds_data=stored.holds_data, persisted_seen=stored.last_seen,
             )
+            if alive:
+                record.restore_serving(dict(stored.serving))
             self.workers[record.worker_id] = record
             self._recount(record)
         if self.workers:
@@ -122,6 +124,10 @@ class Registry:
             self.named_stores.began_serving(service, record.worker_id, replicas)
         record.counted, record.counted_key = new, key
         self.generation += 1
+        routable = record.routable()
+        if routable != record.persisted_serving and record.healthy:
+            self.store.save_serving(record.worker_id, routable)
+            record.persisted_serving = routable
 
     def _event(self, kind: str, worker_id: str, detail: str = "") -> None:
         self.events.append(Event(self.clock(), kind, worker_id, detail))
@@ -416,7 +422,7 @@ class Registry:
         return StoredWorker(
             record.worker_id, record.token_hash, record.kind.value, record.host, record.tunnel_url,
             record.capabilities.model_dump_json(), record.assigned, record.holds_data,
-            record.registered_at, record.last_seen,
+            record.registered_at, record.last_seen, record.persisted_serving,
         )
 
 

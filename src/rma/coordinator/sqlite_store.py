@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from rma.coordinator.store import MeshNode, Revoked, StoredWorker
@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS workers (
     assigned      TEXT NOT NULL,
     holds_data    TEXT NOT NULL,
     registered_at REAL NOT NULL,
-    last_seen     REAL NOT NULL
+    last_seen     REAL NOT NULL,
+    serving       TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS secrets (
     service TEXT PRIMARY KEY,
@@ -74,25 +75,32 @@ class SqliteStore:
         # NORMAL in WAL mode: a committed row survives a process crash (kill -9).
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(workers)")}
+        if "serving" not in columns:  # a registry from before services' states were kept
+            self._db.execute("ALTER TABLE workers ADD COLUMN serving TEXT NOT NULL DEFAULT '{}'")
 
     def load(self) -> list[StoredWorker]:
         rows = self._db.execute(
             "SELECT worker_id, token_hash, kind, host, tunnel_url, capabilities, assigned, holds_data,"
-            " registered_at, last_seen FROM workers"
+            " registered_at, last_seen, serving FROM workers"
         ).fetchall()
         return [
             StoredWorker(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])),
-                         frozenset(json.loads(r[7])), r[8], r[9])
+                         frozenset(json.loads(r[7])), r[8], r[9], json.loads(r[10]))
             for r in rows
         ]
 
     def save(self, worker: StoredWorker) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (worker.worker_id, worker.token_hash, worker.kind, worker.host, worker.tunnel_url,
              worker.capabilities, json.dumps(list(worker.assigned)),
-             json.dumps(sorted(worker.holds_data)), worker.registered_at, worker.last_seen),
+             json.dumps(sorted(worker.holds_data)), worker.registered_at, worker.last_seen,
+             json.dumps(dict(worker.serving))),
         )
+
+    def save_serving(self, worker_id: str, serving: Mapping[str, int]) -> None:
+        self._db.execute("UPDATE workers SET serving = ? WHERE worker_id = ?", (json.dumps(dict(serving)), worker_id))
 
     def save_assignment(self, worker_id: str, assigned: Iterable[str], holds_data: Iterable[str]) -> None:
         self._db.execute(

@@ -3,14 +3,14 @@
 Two backends behave the same (tests/coordinator/test_stores.py runs one suite against both):
 SQLite (`sqlite:///path`, the embedded default for one coordinator and `rma up`) and etcd
 (`etcd://host:2379,host:2379`), a replicated store the coordinator's replicas share. Writes
-are few and never one per heartbeat: registrations and assignment changes as they happen,
-heartbeat times in batches (`touch_many`), each worker's at most every SEEN_RESOLUTION_S.
+are few and never one per heartbeat: registrations, assignment changes and what a worker serves
+as they happen, heartbeat times in batches (`touch_many`), each worker's at most every SEEN_RESOLUTION_S.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -47,6 +47,8 @@ class StoredWorker:
     holds_data: frozenset[str]
     registered_at: float
     last_seen: float
+    # What it served when last written (service → routable port): a restarted coordinator routes to it at once.
+    serving: Mapping[str, int] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -57,6 +59,8 @@ class Store(Protocol):
     def load(self) -> list[StoredWorker]: ...
     def save(self, worker: StoredWorker) -> None: ...
     def save_assignment(self, worker_id: str, assigned: Iterable[str], holds_data: Iterable[str]) -> None: ...
+    def save_serving(self, worker_id: str, serving: Mapping[str, int]) -> None:
+        """The services the worker serves now, at their routable ports (written when that changes)."""
     def touch_many(self, seen: Iterable[tuple[float, str]]) -> None:
         """Many workers' last heartbeat times, (last_seen, worker_id), in as few writes as the store allows."""
     def delete(self, worker_id: str) -> None: ...

@@ -63,6 +63,6 @@ def test_a_registry_from_before_services_states_were_kept_opens_with_none(tmp_pa
     store = SqliteStore(path)
     [worker] = store.load()
     assert worker.assigned == ("redis",) and worker.serving == {}
-    store.save_serving("s1", {"redis": 6379})
+    store.save_state("s1", True, {"redis": 6379})
     assert store.load()[0].serving == {"redis": 6379}
     store.close()

@@ -68,7 +68,7 @@ def test_a_worker_is_kept_with_its_assignment_and_heartbeat_time(reopen: Callabl
                                            ("ner-extraction", "notes-coa"), frozenset({"redis", "postgres"}),
                                            1000.0, 1234.5)
     assert loaded["s-2"].tunnel_url == "https://t" and loaded["s-2"].last_seen == 7.0
-    store.save_serving("cpu-1", {"ner-extraction": 8108, "notes-coa": 18100})
+    store.save_state("cpu-1", True, {"ner-extraction": 8108, "notes-coa": 18100})
     assert {w.worker_id: w.serving for w in reopen().load()}["cpu-1"] == {"ner-extraction": 8108, "notes-coa": 18100}
     store.delete("s-2")
     assert [w.worker_id for w in reopen().load()] == ["cpu-1"]

@@ -33,7 +33,7 @@ from rma.coordinator.openapi import install as install_openapi
 from rma.coordinator.registry import Registry
 from rma.coordinator.routes import router, worker_routes
 from rma.coordinator.state import CoordinatorSettings, CoordinatorState
-from rma.coordinator.store import open_store
+from rma.coordinator.store import Store, open_store
 from rma.coordinator.watch import Watchers
 from rma.placement import gap_report
 from rma.protocol import ApiError
@@ -56,6 +56,12 @@ async def _timers(state: CoordinatorState, services: ServiceRouter) -> None:
         if since_flush >= settings.flush_interval:
             since_flush = 0.0
             state.registry.flush()
+
+
+async def _follow(store: Store, registry: Registry) -> None:
+    """Take in the other coordinators' changes to a shared store as they commit them."""
+    async for change in store.changes():
+        registry.apply(change)
 
 
 def _record(history: History, registry: Registry, services: ServiceRouter) -> None:
@@ -107,14 +113,15 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
             log.warning("RMA_JOIN_TOKEN is unset: registration is accepted from loopback only")
         if not settings.admin_token:
             log.warning("RMA_ADMIN_TOKEN is unset: /api/admin is open to loopback only")
-        timers = asyncio.create_task(_timers(state, services))
+        tasks = [asyncio.create_task(_timers(state, services)), asyncio.create_task(_follow(store, registry))]
         try:
             async with services.running():
                 yield
         finally:
-            timers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timers
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             registry.flush()
             store.close()
 

@@ -8,14 +8,20 @@ cluster in turn, starting with the last that answered, so a dead member costs on
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+log = logging.getLogger("rma.coordinator")
+
 TIMEOUT_S = 2.0
+WATCH_RETRY_S = 0.2  # between a dropped watch and the next member
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 
 
@@ -26,9 +32,10 @@ class EtcdError(RuntimeError):
 @dataclass(frozen=True)
 class KeyValue:
     key: str
-    value: bytes
+    value: bytes  # empty for a deleted key, in a watch event
     create_revision: int
     mod_revision: int
+    deleted: bool = False
 
 
 def _b64(data: str | bytes) -> str:
@@ -62,10 +69,23 @@ def absent(key: str) -> dict[str, Any]:
     return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
 
 
+def _key_value(kv: dict[str, Any], deleted: bool = False) -> KeyValue:
+    return KeyValue(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")),
+                    int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)), deleted)
+
+
 def _key_values(answer: dict[str, Any]) -> list[KeyValue]:
-    return [KeyValue(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")),
-                     int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)))
-            for kv in answer.get("kvs", [])]
+    return [_key_value(kv) for kv in answer.get("kvs", [])]
+
+
+def revision_of(answer: dict[str, Any]) -> int:
+    """The store's revision an answer was made at (every answer's header carries it)."""
+    return int(answer.get("header", {}).get("revision", 0))
+
+
+def modified(key: str, revision: int) -> dict[str, Any]:
+    """A transaction's condition: `key` was last written at `revision` (0: it does not exist)."""
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
 
 
 class Etcd:
@@ -105,7 +125,34 @@ class Etcd:
 
     def get_prefix(self, prefix: str) -> list[KeyValue]:
         """Every key under `prefix`, in key order."""
-        return _key_values(self.call("kv/range", {"key": _b64(prefix), "range_end": range_end(prefix)}))
+        return self.snapshot(prefix)[0]
+
+    def snapshot(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under `prefix`, and the revision they were read at (a watch from the next misses nothing)."""
+        answer = self.call("kv/range", {"key": _b64(prefix), "range_end": range_end(prefix)})
+        return _key_values(answer), revision_of(answer)
+
+    async def watch(self, prefix: str, after: int) -> AsyncIterator[list[KeyValue]]:
+        """Each batch of changes under `prefix` made after revision `after`, as etcd commits them, for ever:
+        a dropped stream is opened again on the next member, from where it left off."""
+        body = {"key": _b64(prefix), "range_end": range_end(prefix)}
+        async with httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT_S, read=None), trust_env=False) as client:
+            while True:
+                url = self.endpoints[self._first]
+                try:
+                    async with client.stream("POST", f"{url}/v3/watch", json={"create_request": {
+                            **body, "start_revision": str(after + 1)}}) as stream:
+                        async for line in stream.aiter_lines():
+                            result = json.loads(line).get("result", {}) if line.strip() else {}
+                            events = [_key_value(e["kv"], e.get("type") == "DELETE") for e in result.get("events", [])]
+                            if events:
+                                after = max(e.mod_revision for e in events)
+                                yield events
+                except (httpx.HTTPError, ValueError) as error:
+                    log.warning("etcd watch on %s dropped (%s); opening it on the next member", url,
+                                type(error).__name__)
+                self._first = (self._first + 1) % len(self.endpoints)
+                await asyncio.sleep(WATCH_RETRY_S)
 
     def txn(self, success: Sequence[dict[str, Any]], compare: Sequence[dict[str, Any]] = (),
             failure: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:

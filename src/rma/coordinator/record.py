@@ -59,8 +59,10 @@ class WorkerRecord:
     suspect_since: float | None = None
     # The heartbeat time last written to the registry's disk.
     persisted_seen: float = 0.0
-    # What it serves as last written to the store (`routable()`), so a change is written once.
-    persisted_serving: dict[str, int] = field(default_factory=dict)
+    # Whether it is up and what it serves (`routable()`), as last written to the store: a change is written once.
+    persisted_state: tuple[bool, dict[str, int]] | None = None
+    # It beats to this coordinator; False for one another coordinator on a shared store holds (it judges it).
+    held_here: bool = True
     # Per service reported on a port other than its assigned (catalogue) one: that port, once it
     # answered the coordinator's own check, as long as the worker keeps reporting it.
     confirmed_ports: dict[str, int] = field(default_factory=dict)
@@ -84,10 +86,10 @@ class WorkerRecord:
     def restore_serving(self, serving: dict[str, int]) -> None:
         """Take back what it served when a coordinator kept it, until its next heartbeat says what it serves now:
         a restarted coordinator's routing table is never emptier than what it knew."""
-        kept = {name: port for name, port in serving.items() if name in self.assigned}
+        kept = {name: port for name, port in serving.items() if name in BY_NAME}
         self.services_status = {name: ServiceStatus(state="healthy", port=port) for name, port in kept.items()}
         self.confirmed_ports = {name: port for name, port in kept.items() if port != BY_NAME[name].port}
-        self.persisted_serving = kept
+        self.persisted_state = (self.healthy, kept)
 
     def port_of(self, service: str) -> int | None:
         """The port routers use: the assigned one, or a reported one the coordinator confirmed; None until then.

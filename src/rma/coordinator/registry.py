@@ -19,7 +19,7 @@ from typing import Any
 from rma.catalog import BY_NAME, Kind
 from rma.coordinator.record import WorkerRecord, bracket, hash_token, seed_state, worker_kind
 from rma.coordinator.secrets import STORE_VARIABLES, NamedStores, SecretBook
-from rma.coordinator.store import Store, StoredWorker
+from rma.coordinator.store import Change, Store, StoredWorker
 from rma.placement import Pool, WorkerState, contribution, desire, engine_for
 from rma.protocol import (
     Capabilities,
@@ -43,6 +43,9 @@ ENGINES_LOOKED_AT = 64
 # A worker's heartbeat time reaches the disk at most this often: enough to tell, after a
 # coordinator crash, which workers were alive, at 1/SEEN_RESOLUTION_S writes per worker-second.
 SEEN_RESOLUTION_S = 30.0
+# A worker another coordinator on a shared store holds is judged down here only this much past the grace:
+# its heartbeat times arrive one write resolution apart, and its own coordinator judges it first.
+REMOTE_GRACE_S = SEEN_RESOLUTION_S + 5.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Registry:
         self._store_env: tuple[int, dict[str, str]] = (-1, {})
         self.events: deque[Event] = deque(maxlen=EVENT_RING_SIZE)
         self.registrations = 0
+        self.placement_races = 0  # assignments another coordinator on the shared store beat to it
         # Told of every assignment the coordinator changes, to push it down watch streams.
         self.listeners: list[Callable[[WorkerRecord], None]] = []
         self._unflushed: set[str] = set()
@@ -106,8 +110,9 @@ class Registry:
         if self.workers:
             log.info("restored %d workers from the registry", len(self.workers))
 
-    def _recount(self, record: WorkerRecord) -> None:
-        """Swap the worker's old contribution to the pool counts for its current one, if it changed."""
+    def _recount(self, record: WorkerRecord, persist: bool = True) -> None:
+        """Swap the worker's old contribution to the pool counts for its current one, if it changed; a worker
+        held here has its new state written to the store (`persist`: unless the caller writes it)."""
         key = record.count_key()
         if key == record.counted_key:
             return
@@ -124,17 +129,23 @@ class Registry:
             self.named_stores.began_serving(service, record.worker_id, replicas)
         record.counted, record.counted_key = new, key
         self.generation += 1
-        routable = record.routable()
-        if routable != record.persisted_serving and record.healthy:
-            self.store.save_serving(record.worker_id, routable)
-            record.persisted_serving = routable
+        if persist:
+            self._persist_state(record)
+
+    def _persist_state(self, record: WorkerRecord) -> None:
+        """Write whether the worker is up and what it serves, if that changed and it beats to this coordinator."""
+        state = (record.healthy, record.routable())
+        if record.held_here and state != record.persisted_state:
+            self.store.save_state(record.worker_id, *state)
+            record.persisted_state = state
 
     def _event(self, kind: str, worker_id: str, detail: str = "") -> None:
         self.events.append(Event(self.clock(), kind, worker_id, detail))
         log.info("%s %s %s", kind, worker_id, detail)
 
-    def _replan(self, record: WorkerRecord) -> bool:
-        """Recompute the worker's desired services; True when they changed (the caller persists).
+    def _replan(self, record: WorkerRecord, persist: bool = True) -> bool:
+        """Recompute the worker's desired services; True when they changed and the store kept them (`persist`:
+        written here; else the caller writes them).
 
         Skipped when neither the pool nor the worker changed since its last plan, which is
         every beat of a settled pool: the same inputs would give the same plan.
@@ -144,9 +155,13 @@ class Registry:
         now = self.clock()
         plan = desire(record.view(now, self.failure_cooldown), Pool(self.counts, self.withheld))
         if plan.services != record.assigned:
+            before = record.assigned, record.holds_data
             record.assigned = plan.services
             record.holds_data = record.holds_data | {s for s in plan.services if BY_NAME[s].stateful}
-            self._recount(record)
+            self._recount(record, persist=persist)
+            if persist and not self.store.save_assignment(record.worker_id, record.assigned, record.holds_data):
+                self._lost_race(record, *before)
+                return False
         record.planned_generation = self.generation
         if plan.added:
             self._event("assigned", record.worker_id, ", ".join(plan.added))
@@ -157,6 +172,14 @@ class Registry:
             for listener in self.listeners:
                 listener(record)
         return changed
+
+    def _lost_race(self, record: WorkerRecord, assigned: tuple[str, ...], holds_data: frozenset[str]) -> None:
+        """Another coordinator on the shared store placed first: back to the assignment the store has, to be
+        planned again once this coordinator has heard what changed (at the worker's next beat)."""
+        record.assigned, record.holds_data, record.planned_generation = assigned, holds_data, -1
+        self._recount(record)
+        self.placement_races += 1
+        log.info("placement for %s raced another coordinator's; planned again at its next beat", record.worker_id)
 
     def admissible_id(self, worker_id: str | None, presented_token: str | None) -> str:
         """The id a registration will have (a new one if none was asked for); Conflict where the id is taken
@@ -189,12 +212,15 @@ class Registry:
         )
         if existing is not None:
             existing.healthy = False
-            self._recount(existing)
+            self._recount(existing, persist=False)
         self.workers[worker_id] = record
-        self._recount(record)
+        self._recount(record, persist=False)
         self._event("rejoined" if existing else "joined", worker_id, f"{record.kind} at {host}")
-        self._replan(record)
-        self.store.save(self._stored(record))
+        holds_data = record.holds_data
+        self._replan(record, persist=False)
+        if not self.store.save(self._stored(record)):
+            self._lost_race(record, existing.assigned if existing else (), holds_data)
+        record.persisted_state = (record.healthy, record.routable())
         self.registrations += 1
         return record, token
 
@@ -208,6 +234,8 @@ class Registry:
         }
         if not record.healthy:
             self._event("returned", record.worker_id)
+        if not record.held_here:  # it beat to another coordinator on the store until now (which went away)
+            record.held_here, record.persisted_state = True, None
         record.healthy = True
         record.last_seen = now
         record.suspect_since = None
@@ -232,10 +260,10 @@ class Registry:
             if not record.failed_at:
                 record.planned_generation = -1  # a cooldown ended: the worker may run it again
         self._recount(record)
+        self._persist_state(record)
         if now - record.persisted_seen >= SEEN_RESOLUTION_S:
             self._unflushed.add(record.worker_id)
-        if self._replan(record):
-            self.store.save_assignment(record.worker_id, record.assigned, record.holds_data)
+        self._replan(record)
         return record
 
     def confirm_port(self, worker_id: str, host: str, service: str, port: int) -> None:
@@ -274,6 +302,46 @@ class Registry:
         self.store.delete(worker_id)
         self._event("left", worker_id)
 
+    def apply(self, change: Change) -> None:
+        """Take in another coordinator's change to the shared store: a worker that registered there (or left),
+        its new assignment, its state (up or down, what it serves) and its heartbeat time. A worker whose
+        state another coordinator writes beats to that one now, which judges and plans it."""
+        record, value = self.workers.get(change.worker_id), change.value
+        if change.kind == "worker":
+            self._apply_registration(change.worker_id, record, value if isinstance(value, dict) else None)
+            return
+        if record is None or not isinstance(value, dict):
+            return  # a key of a worker that left
+        if change.kind == "seen":
+            if not record.held_here:
+                record.last_seen = max(record.last_seen, float(value["at"]))
+            return
+        if change.kind == "assigned":
+            record.assigned, record.holds_data = tuple(value["assigned"]), frozenset(value["holds_data"])
+        else:
+            record.held_here, record.healthy, record.last_seen = False, bool(value["healthy"]), self.clock()
+            record.restore_serving(dict(value["serving"]))
+        self._recount(record, persist=False)
+
+    def _apply_registration(self, worker_id: str, existing: WorkerRecord | None,
+                            value: dict[str, Any] | None) -> None:
+        if existing is not None:
+            existing.healthy = False
+            self._recount(existing, persist=False)
+            del self.workers[worker_id]
+        if value is None:
+            self._event("left", worker_id, "through another coordinator")
+            return
+        record = WorkerRecord(
+            worker_id, value["token_hash"], Kind(value["kind"]), value["host"], value["tunnel_url"],
+            Capabilities.model_validate_json(value["capabilities"]), value["registered_at"], self.clock(),
+            assigned=existing.assigned if existing else (), holds_data=existing.holds_data if existing else frozenset(),
+            held_here=False)
+        self.workers[worker_id] = record
+        self._recount(record, persist=False)
+        self._event("rejoined" if existing else "joined", worker_id, f"{record.kind} at {record.host}, "
+                    "through another coordinator")
+
     def watch_opened(self, worker_id: str) -> None:
         self.get(worker_id).suspect_since = None
 
@@ -290,7 +358,9 @@ class Registry:
         for record in self.workers.values():
             if not record.healthy:
                 continue
-            silent = now - record.last_seen > self.grace
+            # Another coordinator judges the workers it holds; this one steps in only if that one went away
+            # too (their heartbeat times reach the store every SEEN_RESOLUTION_S at most).
+            silent = now - record.last_seen > (self.grace if record.held_here else self.grace + REMOTE_GRACE_S)
             dropped = record.suspect_since is not None and now - record.suspect_since > self.heartbeat_interval
             if silent or dropped:
                 record.healthy = False
@@ -315,14 +385,13 @@ class Registry:
         for record in itertools.islice(self.workers.values(), HEAL_LOOKED_AT):
             if not orphaned or considered >= HEAL_CANDIDATES:
                 return
-            if not record.healthy:
+            if not record.healthy or not record.held_here:  # another coordinator plans the workers it holds
                 continue
             view = record.view(now, self.failure_cooldown)
             if not any(engine_for(BY_NAME[s], view).ok for s in orphaned):
                 continue
             considered += 1
-            if self._replan(record):
-                self.store.save_assignment(record.worker_id, record.assigned, record.holds_data)
+            self._replan(record)
             orphaned = {s for s in orphaned if self.counts[("assigned", s)] == 0}
 
     def flush(self) -> int:
@@ -422,7 +491,7 @@ class Registry:
         return StoredWorker(
             record.worker_id, record.token_hash, record.kind.value, record.host, record.tunnel_url,
             record.capabilities.model_dump_json(), record.assigned, record.holds_data,
-            record.registered_at, record.last_seen, record.persisted_serving,
+            record.registered_at, record.last_seen, record.routable(),
         )
 
 

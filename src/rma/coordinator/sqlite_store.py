@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
-from rma.coordinator.store import MeshNode, Revoked, StoredWorker
+from rma.coordinator.store import Change, MeshNode, Revoked, StoredWorker
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -90,7 +90,7 @@ class SqliteStore:
             for r in rows
         ]
 
-    def save(self, worker: StoredWorker) -> None:
+    def save(self, worker: StoredWorker) -> bool:
         self._db.execute(
             "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (worker.worker_id, worker.token_hash, worker.kind, worker.host, worker.tunnel_url,
@@ -98,15 +98,18 @@ class SqliteStore:
              json.dumps(sorted(worker.holds_data)), worker.registered_at, worker.last_seen,
              json.dumps(dict(worker.serving))),
         )
+        return True
 
-    def save_serving(self, worker_id: str, serving: Mapping[str, int]) -> None:
+    def save_state(self, worker_id: str, healthy: bool, serving: Mapping[str, int]) -> None:
+        """Only what it serves: whether it is up, a restarted coordinator reads off its last heartbeat time."""
         self._db.execute("UPDATE workers SET serving = ? WHERE worker_id = ?", (json.dumps(dict(serving)), worker_id))
 
-    def save_assignment(self, worker_id: str, assigned: Iterable[str], holds_data: Iterable[str]) -> None:
+    def save_assignment(self, worker_id: str, assigned: Iterable[str], holds_data: Iterable[str]) -> bool:
         self._db.execute(
             "UPDATE workers SET assigned = ?, holds_data = ? WHERE worker_id = ?",
             (json.dumps(list(assigned)), json.dumps(sorted(holds_data)), worker_id),
         )
+        return True  # one coordinator: nobody else places
 
     def touch_many(self, seen: Iterable[tuple[float, str]]) -> None:
         """Write many workers' last heartbeat times in one transaction."""
@@ -117,6 +120,12 @@ class SqliteStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """None: this coordinator is the file's only writer."""
+        none: tuple[Change, ...] = ()
+        for change in none:
+            yield change
 
     def load_secrets(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT service, secret FROM secrets").fetchall())

@@ -9,10 +9,10 @@ as they happen, heartbeat times in batches (`touch_many`), each worker's at most
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 
@@ -57,13 +57,19 @@ class Store(Protocol):
     shared: bool
 
     def load(self) -> list[StoredWorker]: ...
-    def save(self, worker: StoredWorker) -> None: ...
-    def save_assignment(self, worker_id: str, assigned: Iterable[str], holds_data: Iterable[str]) -> None: ...
-    def save_serving(self, worker_id: str, serving: Mapping[str, int]) -> None:
-        """The services the worker serves now, at their routable ports (written when that changes)."""
+    def save(self, worker: StoredWorker) -> bool:
+        """A worker's registration. False: kept without its assignment, which lost a race (see `save_assignment`)."""
+    def save_assignment(self, worker_id: str, assigned: Iterable[str], holds_data: Iterable[str]) -> bool:
+        """A worker's new assignment. False: another coordinator on the store changed the pool's placement since
+        this one last heard, so this one was not kept; the caller keeps the old and plans again with the news."""
+    def save_state(self, worker_id: str, healthy: bool, serving: Mapping[str, int]) -> None:
+        """Whether the worker is up, and the services it serves at their routable ports (written when it changes,
+        by the coordinator it beats to)."""
     def touch_many(self, seen: Iterable[tuple[float, str]]) -> None:
         """Many workers' last heartbeat times, (last_seen, worker_id), in as few writes as the store allows."""
     def delete(self, worker_id: str) -> None: ...
+    def changes(self) -> AsyncIterator[Change]:
+        """The other coordinators' changes to the workers since `load()`, for ever (none on an unshared store)."""
     def load_secrets(self) -> dict[str, str]: ...
     def claim_secret(self, service: str, secret: str) -> str:
         """Keep `secret` as the service's unless it has one already; the one kept either way, so two
@@ -77,6 +83,15 @@ class Store(Protocol):
         """The fingerprints of the worker's certificates that have not expired."""
     def revoke_mesh_node(self, worker_id: str, revoked: Iterable[Revoked]) -> None: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change another coordinator made to a shared store, for this one's registry to take in."""
+
+    worker_id: str
+    kind: Literal["worker", "assigned", "seen", "state"]
+    value: dict[str, Any] | float | None  # None: the worker was deleted (it left the pool)
 
 
 def store_location(url: str | None, data_dir: Path) -> Path | list[str]:

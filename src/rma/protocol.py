@@ -127,6 +127,8 @@ class Assignment(BaseModel):
     service_configs: list[ServiceConfig]
     heartbeat_interval: float
     mesh: MeshMembership | None = None  # on a pool that runs on the mesh
+    # The coordinator replicas edge workers run (on a shared store): another place to beat to, should this go.
+    coordinators: list[str] = Field(default_factory=list)
 
 
 class RegisterResponse(Assignment):

@@ -103,3 +103,33 @@ def test_a_replica_is_checked_where_the_coordinator_says_its_engine_answers() ->
         "ner-extraction": [{"worker_id": "w1", "url": "http://10.0.0.1:8108", "health_path": "not-a-path"}],
     }}))
     assert dict(probe_targets(table)) == {"http://10.0.0.2:9000": "/healthz", "http://10.0.0.1:8108": "/health"}
+
+
+def test_a_router_reads_the_table_from_the_coordinator_replicas_it_lists_once_the_first_goes() -> None:
+    replica = {"worker_id": "edge-1", "url": "http://198.18.0.10:8080", "host": "198.18.0.10", "port": 8080,
+               "load": 0}
+    asked: list[str] = []
+    first_up = {"value": True}
+
+    def coordinators(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.host)
+        if request.url.host == "first":
+            if not first_up["value"]:
+                raise httpx.ConnectError("refused", request=request)
+            return httpx.Response(200, json={"services": {"coordinator": [replica]}} if
+                                  request.url.path.endswith("/table") else GAPS)
+        return httpx.Response(200, json={"services": {"coordinator": []}} if
+                              request.url.path.endswith("/table") else GAPS)
+
+    source = HttpTableSource(("http://first:8080",))
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(coordinators)) as client:
+            await source.refresh(client)
+            assert source.urls == ("http://first:8080", "http://198.18.0.10:8080")
+            first_up["value"] = False
+            await source.refresh(client)
+            assert source.current().loaded and not source.current().problem and "198.18.0.10" in asked
+            assert source.urls == ("http://first:8080",)  # the replica's table lists no replica now
+
+    asyncio.run(run())

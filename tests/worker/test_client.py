@@ -80,3 +80,22 @@ def test_nobody_answering_is_unreachable() -> None:
             await client(httpx.MockTransport(handle), "http://a:1", "http://b:1").register(RegisterRequest(), None)
 
     asyncio.run(go())
+
+
+def test_a_worker_fails_over_to_the_coordinator_replicas_its_last_answer_named() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={**ASSIGNMENT, "status": "ok"})
+
+    async def go() -> None:
+        c = client(httpx.MockTransport(handle), "http://a:8080")
+        c.learn(["http://edge-1:8080/", "http://a:8080"])
+        assert c.urls == ("http://a:8080", "http://edge-1:8080")
+        await c.heartbeat(HeartbeatRequest(worker_id="w1"), "tok")
+        assert c.url == "http://edge-1:8080"
+        c.learn(["http://edge-2:8080"])  # edge-1's replica went: the answer names another
+        assert c.urls == ("http://a:8080", "http://edge-2:8080") and c.url == "http://a:8080"
+        await c.aclose()
+
+    asyncio.run(go())

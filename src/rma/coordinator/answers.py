@@ -13,10 +13,13 @@ from rma.placement import engine_for
 
 
 class Answers:
-    def __init__(self, registry: Registry, heartbeat_interval: float, mesh: MeshAuthority | None = None) -> None:
+    def __init__(self, registry: Registry, heartbeat_interval: float, mesh: MeshAuthority | None = None,
+                 store_url: str | None = None) -> None:
         self.registry = registry
         self.heartbeat_interval = heartbeat_interval
         self.mesh = mesh
+        # A coordinator replica's service config: the store to share (an address, never a credential).
+        self.replica_env = {"RMA_STORE_URL": store_url} if store_url else {}
         # worker id → ((token hash, assignment, store addresses, mesh version) it was built for, encoded answer)
         self._encoded: dict[str, tuple[tuple[object, ...], bytes]] = {}
 
@@ -30,7 +33,8 @@ class Answers:
             configs.append({
                 "name": name, "port": service.port, "priority": service.priority, "tier": service.tier,
                 "kind": service.kind.value, "engine": engine.name if engine else None,
-                "secret": self.registry.secrets.secret_for(name), "env": env,
+                "secret": self.registry.secrets.secret_for(name),
+                "env": env | self.replica_env if name == "coordinator" else env,
             })
         membership = self.mesh.membership(record.worker_id) if self.mesh is not None else None
         return {
@@ -39,12 +43,17 @@ class Answers:
             "service_configs": configs,
             "heartbeat_interval": self.heartbeat_interval,
             "mesh": membership.model_dump() if membership is not None else None,
+            "coordinators": list(self.coordinators()),
         }
+
+    def coordinators(self) -> tuple[str, ...]:
+        """The URLs of the coordinator replicas serving now."""
+        return tuple(sorted(replica["url"] for replica in self.registry.routing_table(("coordinator",))["coordinator"]))
 
     def encoded(self, record: WorkerRecord) -> bytes:
         """The heartbeat answer as JSON bytes, rebuilt only when what it says changed."""
         key = (record.token_hash, record.assigned, tuple(self.registry.store_env().items()),
-               self.mesh.version(record.worker_id) if self.mesh is not None else None)
+               self.mesh.version(record.worker_id) if self.mesh is not None else None, self.coordinators())
         cached = self._encoded.get(record.worker_id)
         if cached is None or cached[0] != key:
             body = json.dumps(self.assignment(record) | {"status": "ok"}).encode()

@@ -99,11 +99,12 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     variables (RMA_API_KEYS, RMA_CORS_ORIGINS, RMA_MAX_BODY_MB, RMA_RATE_LIMIT, RMA_RATE_BURST).
     """
     store = open_store(settings.store_url, settings.data_dir)
+    withheld = LONE_REGISTRY if not store.shared else ONE_MESH_CA if settings.mesh is not None else {}
     registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown,
-                        withheld=LONE_REGISTRY)
+                        withheld=withheld)
     mesh = None if settings.mesh is None else MeshAuthority(settings.mesh, settings.data_dir / "mesh-ca", store,
                                                              registry.clock)
-    answers = Answers(registry, settings.heartbeat_interval, mesh)
+    answers = Answers(registry, settings.heartbeat_interval, mesh, settings.store_url if store.shared else None)
     state = CoordinatorState(settings, registry, Metrics(registry), answers, Watchers(registry, answers.encoded),
                              History(), mesh)
 
@@ -164,6 +165,10 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
 # registry, and one started on a file of its own would be a second pool (two placements, two sets of secrets).
 LONE_REGISTRY = {"coordinator": "needs a shared store: this coordinator keeps the pool in its own SQLite file, "
                                 "and a replica on a file of its own would be a second, split pool"}
+
+
+# A mesh pool's CA key is on its first coordinator's disk alone: a replica could not sign members' certificates.
+ONE_MESH_CA = {"coordinator": "a mesh pool's replicas would need its CA key, which only the first coordinator has"}
 
 
 # Why a mesh pool's coordinator routes nothing through its `/service`: it signs the members' certificates but is

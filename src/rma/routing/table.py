@@ -81,12 +81,18 @@ def parse_reasons(payload: Any) -> dict[str, str]:
             if isinstance(g, dict) and "service" in g and g.get("reason")}
 
 
+def with_replicas(urls: tuple[str, ...], services: Mapping[str, tuple[Endpoint, ...]]) -> tuple[str, ...]:
+    """`urls` (the configured coordinators) and, after them, the coordinator replicas the table lists now: more
+    places to read it from, should those go."""
+    return (*urls, *(e.url for e in services.get("coordinator", ()) if e.url not in urls))
+
+
 class HttpTableSource:
     """Polls the coordinator(s); the only writer of its table. Tries each URL in turn on failure."""
 
     def __init__(self, coordinator_urls: tuple[str, ...], admin_token: str | None = None,
                  refresh_s: float = REFRESH_S, rng: random.Random | None = None) -> None:
-        self.urls = coordinator_urls
+        self.configured = self.urls = coordinator_urls
         self.admin_token = admin_token
         self.refresh_s = refresh_s
         self.rng = rng or random.Random()
@@ -112,6 +118,7 @@ class HttpTableSource:
                 problems.append(f"{url}: {error or type(error).__name__}")
                 continue
             self._table = Table(services, reasons, loaded=True)
+            self.urls = with_replicas(self.configured, services)
             return
         problem = "coordinator unreachable, serving the last table (" + "; ".join(problems) + ")"
         if self._table.problem != problem:

@@ -14,8 +14,9 @@ class Coordinator(ServiceDriver):
     engine = "rma-coordinator"
     # The worker's settings of `rma coordinator`, so the replica admits the same workers, operators and clients
     # and guards its own /service as the edge proxy does.
+    # RMA_STORE_URL comes in its service config: the pool's shared store, where it finds the pool as it is.
     passes = ("RMA_JOIN_TOKEN", "RMA_ADMIN_TOKEN", "RMA_STORE_KEYS", "RMA_VOUCHED_NETWORKS",
-              "HEARTBEAT_GRACE_INTERVALS", *GATEWAY_VARIABLES, *FRONT_DOOR_VARIABLES)
+              "HEARTBEAT_GRACE_INTERVALS", "RMA_STORE_URL", *GATEWAY_VARIABLES, *FRONT_DOOR_VARIABLES)
 
     def launch(self, ctx: Context) -> Launch:
         argv: tuple[str, ...] = (

@@ -203,6 +203,7 @@ class Agent:
 
     async def _apply(self, answer: Assignment, group: asyncio.TaskGroup) -> None:
         self.interval = answer.heartbeat_interval
+        self.client.learn(answer.coordinators)
         if answer.mesh is not None:
             if self.mesh is None:
                 raise MeshError("the pool runs on the mesh, and Nebula cannot run here")

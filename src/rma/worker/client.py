@@ -8,7 +8,7 @@ answered is tried first next time.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TypeVar
 
 import httpx
@@ -53,7 +53,7 @@ REJECTIONS: dict[int, type[Rejected]] = {401: Unauthorized, 403: Unauthorized, 4
 class CoordinatorClient:
     def __init__(self, urls: tuple[str, ...], join_token: str | None = None, *,
                  transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = 5.0) -> None:
-        self.urls = urls
+        self.configured = self.urls = urls
         self.join_token = join_token
         self._current = 0
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout_s, verify=client_context())
@@ -62,6 +62,12 @@ class CoordinatorClient:
     def url(self) -> str:
         """The coordinator that answered last."""
         return self.urls[self._current]
+
+    def learn(self, replicas: Iterable[str]) -> None:
+        """Fail over to the configured coordinators and, after them, the replicas the last answer named."""
+        current = self.url
+        self.urls = (*self.configured, *(u for u in (r.rstrip("/") for r in replicas) if u not in self.configured))
+        self._current = self.urls.index(current) if current in self.urls else 0
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from rma.routing.table import Endpoint, parse_table
+from rma.routing.table import Endpoint, parse_table, with_replicas
 
 TABLE_TTL_S = 2.0  # as fresh as the routers' own tables
 
@@ -29,7 +29,8 @@ class Peers:
     """Where to send a call to another pool service, from a cached copy of the routing table."""
 
     def __init__(self, coordinator_urls: Sequence[str], client: httpx.AsyncClient) -> None:
-        self.coordinator_urls = [url.rstrip("/") for url in coordinator_urls]
+        self.configured = tuple(url.rstrip("/") for url in coordinator_urls)
+        self.coordinator_urls = list(self.configured)
         self.client = client
         self._table: dict[str, tuple[Endpoint, ...]] = {}
         self._fetched_at = float("-inf")
@@ -46,6 +47,7 @@ class Peers:
                 answer = await self.client.get(f"{url}/api/services/table")
                 answer.raise_for_status()
                 self._table = parse_table(answer.json())
+                self.coordinator_urls = list(with_replicas(self.configured, self._table))
             except (httpx.HTTPError, ValueError) as error:
                 problems.append(f"{url}: {type(error).__name__}")
                 continue

@@ -47,11 +47,15 @@ class Replicas:
         self.etcd = Etcd(cluster.endpoints)
 
     def catch_up(self) -> None:
+        for store in self.stores.values():
+            store.behind.flush()  # what each writes behind, due within milliseconds
         latest = self.etcd.snapshot("/")[1]
 
         async def follow(store: EtcdStore, registry: Registry) -> None:
-            async for change in store.changes():
-                registry.apply(change)
+            async for batch in store.changes():
+                for change in batch:
+                    registry.apply(change)
+                registry.caught_up()
 
         async def run() -> None:
             tasks = [asyncio.create_task(follow(self.stores[name], registry))

@@ -60,8 +60,10 @@ async def _timers(state: CoordinatorState, services: ServiceRouter) -> None:
 
 async def _follow(store: Store, registry: Registry) -> None:
     """Take in the other coordinators' changes to a shared store as they commit them."""
-    async for change in store.changes():
-        registry.apply(change)
+    async for batch in store.changes():
+        for change in batch:
+            registry.apply(change)
+        registry.caught_up()
 
 
 def _record(history: History, registry: Registry, services: ServiceRouter) -> None:

@@ -64,6 +64,11 @@ def delete(key: str, prefix: bool = False) -> dict[str, Any]:
     return {"request_delete_range": request}
 
 
+def get_operation(key: str) -> dict[str, Any]:
+    """A read of `key`, as a transaction's operation."""
+    return {"request_range": {"key": _b64(key)}}
+
+
 def absent(key: str) -> dict[str, Any]:
     """A transaction's condition: `key` does not exist (it was never created, or was deleted)."""
     return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
@@ -74,7 +79,7 @@ def _key_value(kv: dict[str, Any], deleted: bool = False) -> KeyValue:
                     int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)), deleted)
 
 
-def _key_values(answer: dict[str, Any]) -> list[KeyValue]:
+def key_values(answer: dict[str, Any]) -> list[KeyValue]:
     return [_key_value(kv) for kv in answer.get("kvs", [])]
 
 
@@ -120,7 +125,7 @@ class Etcd:
         raise EtcdError("no etcd member answered (" + "; ".join(problems) + ")")
 
     def get(self, key: str) -> KeyValue | None:
-        found = _key_values(self.call("kv/range", {"key": _b64(key)}))
+        found = key_values(self.call("kv/range", {"key": _b64(key)}))
         return found[0] if found else None
 
     def get_prefix(self, prefix: str) -> list[KeyValue]:
@@ -130,7 +135,7 @@ class Etcd:
     def snapshot(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key under `prefix`, and the revision they were read at (a watch from the next misses nothing)."""
         answer = self.call("kv/range", {"key": _b64(prefix), "range_end": range_end(prefix)})
-        return _key_values(answer), revision_of(answer)
+        return key_values(answer), revision_of(answer)
 
     async def watch(self, prefix: str, after: int) -> AsyncIterator[list[KeyValue]]:
         """Each batch of changes under `prefix` made after revision `after`, as etcd commits them, for ever:
@@ -169,10 +174,10 @@ class Etcd:
     def put_if_absent(self, key: str, value: str) -> str:
         """Put `value` under `key` unless the key exists; the value it holds afterwards either way."""
         answer = self.txn([put(key, value)], compare=[absent(key)],
-                          failure=[{"request_range": {"key": _b64(key)}}])
+                          failure=[get_operation(key)])
         if answer.get("succeeded"):
             return value
-        held = _key_values(answer["responses"][0]["response_range"])
+        held = key_values(answer["responses"][0]["response_range"])
         if not held:  # deleted between the compare and the read: cannot happen inside one transaction
             raise EtcdError(f"etcd said {key} exists and then had no value for it")
         return held[0].value.decode()

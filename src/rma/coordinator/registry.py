@@ -78,6 +78,7 @@ class Registry:
         self.events: deque[Event] = deque(maxlen=EVENT_RING_SIZE)
         self.registrations = 0
         self.placement_races = 0  # assignments another coordinator on the shared store beat to it
+        self._raced: set[str] = set()  # workers whose assignment lost a race since the last batch heard
         # Told of every assignment the coordinator changes, to push it down watch streams.
         self.listeners: list[Callable[[WorkerRecord], None]] = []
         self._unflushed: set[str] = set()
@@ -175,11 +176,22 @@ class Registry:
 
     def _lost_race(self, record: WorkerRecord, assigned: tuple[str, ...], holds_data: frozenset[str]) -> None:
         """Another coordinator on the shared store placed first: back to the assignment the store has, to be
-        planned again once this coordinator has heard what changed (at the worker's next beat)."""
+        planned again once this coordinator has heard what changed (`caught_up`)."""
         record.assigned, record.holds_data, record.planned_generation = assigned, holds_data, -1
         self._recount(record)
         self.placement_races += 1
-        log.info("placement for %s raced another coordinator's; planned again at its next beat", record.worker_id)
+        self._raced.add(record.worker_id)
+        log.info("placement for %s raced another coordinator's; planned again once this one has heard",
+                 record.worker_id)
+
+    def caught_up(self) -> None:
+        """After a batch of the other coordinators' changes: plan again the workers whose assignment lost a race
+        (the worker hears of it on its watch stream, not an interval later)."""
+        raced, self._raced = self._raced, set()
+        for worker_id in raced:
+            record = self.workers.get(worker_id)
+            if record is not None and record.held_here and record.healthy:
+                self._replan(record)
 
     def admissible_id(self, worker_id: str | None, presented_token: str | None) -> str:
         """The id a registration will have (a new one if none was asked for); Conflict where the id is taken

@@ -121,11 +121,11 @@ class SqliteStore:
             raise
         self._db.execute("COMMIT")
 
-    async def changes(self) -> AsyncIterator[Change]:
+    async def changes(self) -> AsyncIterator[list[Change]]:
         """None: this coordinator is the file's only writer."""
-        none: tuple[Change, ...] = ()
-        for change in none:
-            yield change
+        none: tuple[list[Change], ...] = ()
+        for batch in none:
+            yield batch
 
     def load_secrets(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT service, secret FROM secrets").fetchall())

@@ -68,8 +68,9 @@ class Store(Protocol):
     def touch_many(self, seen: Iterable[tuple[float, str]]) -> None:
         """Many workers' last heartbeat times, (last_seen, worker_id), in as few writes as the store allows."""
     def delete(self, worker_id: str) -> None: ...
-    def changes(self) -> AsyncIterator[Change]:
-        """The other coordinators' changes to the workers since `load()`, for ever (none on an unshared store)."""
+    def changes(self) -> AsyncIterator[list[Change]]:
+        """The other coordinators' changes to the workers since `load()`, in batches, for ever (none on an
+        unshared store). Take in a whole batch before planning: see `Registry.caught_up`."""
     def load_secrets(self) -> dict[str, str]: ...
     def claim_secret(self, service: str, secret: str) -> str:
         """Keep `secret` as the service's unless it has one already; the one kept either way, so two

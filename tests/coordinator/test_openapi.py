@@ -7,6 +7,7 @@ RMA_FUZZ_EXAMPLES (cases per operation, 25) and RMA_FUZZ_SEED fuzz deeper or els
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
+from etcd_cluster import etcd_cluster
+from etcd_cluster import skip_reason as etcd_skip_reason
 from procs import RmaProcess, start_coordinator
 from rma.coordinator.app import create_app
 from rma.coordinator.router_report import ReportBody
@@ -260,16 +263,25 @@ def tolerated(failure: Exception, case: schemathesis.Case, response: Any) -> boo
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mesh", [
-    False, pytest.param(True, marks=pytest.mark.skipif(shutil.which("nebula-cert") is None,
-                                                       reason="nebula-cert is not installed"))], ids=["lan", "mesh"])
+@pytest.mark.parametrize("pool", [
+    "lan", pytest.param("mesh", marks=pytest.mark.skipif(shutil.which("nebula-cert") is None,
+                                                         reason="nebula-cert is not installed")),
+    pytest.param("etcd", marks=pytest.mark.skipif(etcd_skip_reason() is not None, reason=str(etcd_skip_reason())))])
 def test_fuzzing_the_real_coordinator_finds_no_server_error(tmp_path: Path, processes: list[RmaProcess],
-                                                            mesh: bool) -> None:
-    """Once as a LAN pool, once on the mesh (where registration takes a public key and signs it)."""
+                                                            pool: str) -> None:
+    """A LAN pool, a pool on the mesh (where registration takes a public key and signs it), and a replica on
+    etcd (whose store writes go through etcd's transactions)."""
+    mesh = pool == "mesh"
+    with contextlib.ExitStack() as stack:
+        store = {"RMA_STORE_URL": stack.enter_context(etcd_cluster(tmp_path / "etcd", 1)).url} if pool == "etcd" else {}
+        fuzz_a_coordinator(tmp_path, processes, mesh, store)
+
+
+def fuzz_a_coordinator(tmp_path: Path, processes: list[RmaProcess], mesh: bool, store: dict[str, str]) -> None:
     # A long interval: nobody is swept down (and has its services moved) while the fuzz runs.
     coordinator, url = start_coordinator(tmp_path, interval=60.0, env={
         "RMA_JOIN_TOKEN": JOIN, "RMA_ADMIN_TOKEN": ADMIN, "RMA_API_KEYS": KEY,
-        **({"RMA_MESH_NETWORK": "198.19.0.0/16"} if mesh else {})})
+        **({"RMA_MESH_NETWORK": "198.19.0.0/16"} if mesh else {}), **store})
     processes.append(coordinator)
 
     def key(worker_id: str) -> str | None:

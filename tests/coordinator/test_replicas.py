@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from etcd_cluster import EtcdCluster, etcd_cluster, skip_reason
-from rma.coordinator.etcd import Etcd
+from rma.coordinator.app import create_app
+from rma.coordinator.etcd import Etcd, EtcdError
 from rma.coordinator.etcd_store import EtcdStore
 from rma.coordinator.registry import REMOTE_GRACE_S, Registry
+from rma.coordinator.state import CoordinatorSettings
 from rma.protocol import HeartbeatRequest, RegisterRequest
 
 PREFIXES = itertools.count()
@@ -150,3 +154,23 @@ def test_a_worker_whose_coordinator_went_away_with_it_is_found_down_by_the_other
     assert replicas.b.sweep() == []
     replicas.clock.now += 2
     assert replicas.b.sweep() == ["s1"] and replicas_of(replicas.b, "redis") == []
+
+
+def test_while_etcd_is_unreachable_nothing_is_half_kept_and_the_api_says_503(tmp_path: Path) -> None:
+    with etcd_cluster(tmp_path / "etcd", 1) as alone:
+        store = EtcdStore(Etcd(alone.endpoints), "/unreachable/")
+        registry = Registry(store, INTERVAL, clock=Clock())
+        token = join(registry, "s1", "storage", ["redis-server"])
+        settings = CoordinatorSettings(data_dir=tmp_path, heartbeat_interval=1.0, store_url=alone.url)
+        with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as api:
+            alone.stop_all()
+            with pytest.raises(EtcdError):
+                join(registry, "s2", "storage", ["redis-server"])
+            assert set(registry.workers) == {"s1"} and registry.pool().assigned("redis") == 1
+            with pytest.raises(EtcdError):  # s1 re-registers: it keeps its old record, token and redis
+                registry.register(RegisterRequest.model_validate({"worker_id": "s1"}), "127.0.0.1", token)
+            assert registry.get("s1").assigned == ("redis",) and registry.token_matches("s1", token)
+            answer = api.post("/api/worker/register", json={"worker_id": "c1"})
+            assert answer.status_code == 503 and "etcd" in answer.json()["error"], answer.text
+            assert api.get("/health").status_code == 200
+        store.behind.close()

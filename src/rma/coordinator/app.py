@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from rma import catalog
 from rma.body_limit import BodyLimit
 from rma.coordinator.answers import Answers
+from rma.coordinator.etcd import EtcdError
 from rma.coordinator.history import History, WorkerFigures
 from rma.coordinator.mesh import MeshAuthority
 from rma.coordinator.metrics import Metrics
@@ -89,6 +90,13 @@ async def _invalid(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"error": "invalid request", "detail": _plain(error.errors())}, status_code=422)
 
 
+async def _store_unreachable(request: Request, error: Exception) -> JSONResponse:
+    """No etcd member answered: nothing was kept, so the caller tries again (or another coordinator)."""
+    log.warning("the pool's store: %s", error)
+    return JSONResponse({"error": "the pool's store (etcd) is unreachable; nothing was changed, try again"},
+                        status_code=503, headers={"Retry-After": "1"})
+
+
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
@@ -130,6 +138,7 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
 
     handlers: dict[Any, Any] = {
         ApiError: _api_error, RequestValidationError: _invalid, StarletteHTTPException: _http_error,
+        EtcdError: _store_unreachable,
     }
     api = FastAPI(title="RMA pool coordinator", exception_handlers=handlers)
     api.state.coordinator = state

@@ -160,7 +160,8 @@ class Registry:
             record.assigned = plan.services
             record.holds_data = record.holds_data | {s for s in plan.services if BY_NAME[s].stateful}
             self._recount(record, persist=persist)
-            if persist and not self.store.save_assignment(record.worker_id, record.assigned, record.holds_data):
+            if persist and not self._keep(lambda: self.store.save_assignment(
+                    record.worker_id, record.assigned, record.holds_data), record, *before):
                 self._lost_race(record, *before)
                 return False
         record.planned_generation = self.generation
@@ -173,6 +174,28 @@ class Registry:
             for listener in self.listeners:
                 listener(record)
         return changed
+
+    def _keep(self, write: Callable[[], bool], record: WorkerRecord, assigned: tuple[str, ...],
+              holds_data: frozenset[str]) -> bool:
+        """`write()`, the new assignment's; should the store be unreachable, the old assignment is back (the next
+        beat plans again) before the error goes on to the caller."""
+        try:
+            return write()
+        except Exception:
+            record.assigned, record.holds_data, record.planned_generation = assigned, holds_data, -1
+            self._recount(record)
+            raise
+
+    def _forget(self, record: WorkerRecord, existing: WorkerRecord | None, was_healthy: bool) -> None:
+        """Undo a registration the store did not keep: the worker as it was before, or not at all."""
+        record.healthy = False
+        self._recount(record, persist=False)
+        if existing is None:
+            del self.workers[record.worker_id]
+            return
+        existing.healthy = was_healthy
+        self.workers[record.worker_id] = existing
+        self._recount(existing, persist=False)
 
     def _lost_race(self, record: WorkerRecord, assigned: tuple[str, ...], holds_data: frozenset[str]) -> None:
         """Another coordinator on the shared store placed first: back to the assignment the store has, to be
@@ -222,6 +245,7 @@ class Registry:
             | (existing.holds_data if existing else frozenset()),
             assigned=existing.assigned if existing else (),
         )
+        was_healthy = existing is not None and existing.healthy
         if existing is not None:
             existing.healthy = False
             self._recount(existing, persist=False)
@@ -230,7 +254,12 @@ class Registry:
         self._event("rejoined" if existing else "joined", worker_id, f"{record.kind} at {host}")
         holds_data = record.holds_data
         self._replan(record, persist=False)
-        if not self.store.save(self._stored(record)):
+        try:
+            kept = self.store.save(self._stored(record))
+        except Exception:  # the store is unreachable: as if this registration never came
+            self._forget(record, existing, was_healthy)
+            raise
+        if not kept:
             self._lost_race(record, existing.assigned if existing else (), holds_data)
         record.persisted_state = (record.healthy, record.routable())
         self.registrations += 1

@@ -169,13 +169,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def start_coordinator(data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_coordinator(data_dir: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """`rma coordinator` on a free port (with `env` added to this environment), once it answers /health."""
     port = free_port()
     # A long interval: no worker may be declared down while the load generator walks the pool.
     proc = subprocess.Popen(
         [sys.executable, "-m", "rma", "coordinator", "--port", str(port), "--data-dir", str(data_dir),
          "--heartbeat-interval", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        start_new_session=True, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

@@ -28,35 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' etcd cluster
 
-from coordinator_scale import Connection, free_port, heartbeat, percentile, registration  # noqa: E402
+from coordinator_scale import Connection, heartbeat, percentile, registration, start_coordinator  # noqa: E402
 from etcd_cluster import EtcdCluster, skip_reason  # noqa: E402
 from rma.coordinator.etcd import Etcd  # noqa: E402
 
 MAX_SETTLING_ROUNDS = 10
 SETTLE_S = 3.0
-
-
-def start_coordinator(data_dir: Path, store_url: str | None) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    env = {**os.environ, **({"RMA_STORE_URL": store_url} if store_url else {})}
-    # A long interval: no worker may be declared down while the load generator walks the pool.
-    proc = subprocess.Popen([sys.executable, "-m", "rma", "coordinator", "--port", str(port), "--data-dir",
-                             str(data_dir), "--heartbeat-interval", "120"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("coordinator did not start")
 
 
 async def register(ports: list[int], count: int, connections: int) -> dict[str, tuple[int, str, bytes]]:
@@ -171,7 +152,7 @@ def main() -> int:
     print(f"{'setup':<26} {'reg/s':>8} {'beats/s':>9} {'p99 ms':>8} {'w/s reg':>9} {'w/s beat':>9} {'settled':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        proc, port = start_coordinator(folder / "sqlite", None)
+        proc, port = start_coordinator(folder / "sqlite")
         try:
             measure("1 coordinator, SQLite", [port], None, args)
         finally:
@@ -184,7 +165,7 @@ def main() -> int:
         try:
             ports = []
             for name in "abc":
-                started, replica_port = start_coordinator(folder / name, cluster.url)
+                started, replica_port = start_coordinator(folder / name, {"RMA_STORE_URL": cluster.url})
                 procs.append(started)
                 ports.append(replica_port)
             workers = measure("3 coordinators, etcd x3", ports, etcd, args)

@@ -9,7 +9,10 @@ member is killed at once.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import pytest
 
 from etcd_cluster import etcd_cluster, skip_reason
 from procs import RmaProcess, free_port, start_coordinator, start_worker, wait_until
+from rma.coordinator.etcd import Etcd
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 INTERVAL = 1.0
@@ -124,3 +128,57 @@ def test_kill_9_of_a_coordinator_or_an_etcd_member_is_not_seen_by_workers(
             assert listed == {"s1", *simulated}
         wait_until(lambda: beating_to(worker) in urls.values() and redis_on(urls["c"]) == ["s1"], 10, what="s1")
         assert worker.log().count("registered with") == 1 and redis_pids(worker) == pids
+
+
+def test_storage_workers_joining_three_coordinators_at_once_fill_each_store_once_by_the_stores_history(
+        tmp_path: Path, processes: list[RmaProcess]) -> None:
+    """Every assignment etcd ever committed, read back from revision 1: one worker per store, never two."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with etcd_cluster(tmp_path / "etcd") as cluster:
+        urls = []
+        for name in "abc":  # a long interval: nobody goes down, so no store may move while this runs
+            coordinator, url = start_coordinator(tmp_path, None, 60.0, {"RMA_STORE_URL": cluster.url}, name)
+            processes.append(coordinator)
+            urls.append(url)
+        # Five contests, one per store: three workers that can run only that store join at once, one to each
+        # coordinator (the three requests are on the wire before the first is answered), so each coordinator
+        # sees no replica of the store and would fill the gap.
+        contests = {"redis": "redis-server", "postgres": "postgres", "chromadb": "chroma", "minio": "seaweedfs",
+                    "neo4j": "arcadedb"}
+        for store, engine in contests.items():
+            requests = []
+            for i, url in enumerate(urls):
+                body = json.dumps({"worker_id": f"{store}-{i}", "advertise_host": "127.0.0.1",
+                                   "capabilities": {"worker_type": "storage", "engines": [engine]}}).encode()
+                requests.append(f"POST /api/worker/register HTTP/1.1\r\nHost: {url[7:]}\r\nContent-Type: "
+                                f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sockets = [socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) for url in urls]
+            for sock, request in zip(sockets, requests, strict=True):  # all three sent before any is answered
+                sock.sendall(request)
+            for sock in sockets:
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200"), store
+                sock.close()
+        etcd = Etcd(cluster.endpoints)
+        ever: dict[str, set[str]] = {}
+
+        async def history() -> None:
+            """A watch from revision 1 brings the whole history at once; a second of silence is its end."""
+            stream = etcd.watch("/rma/assigned/", 0)
+            while True:
+                try:
+                    batch = await asyncio.wait_for(anext(stream), 1.0)
+                except TimeoutError:
+                    return
+                for kv in batch:
+                    for service in json.loads(kv.value)["assigned"]:
+                        ever.setdefault(service, set()).add(kv.key.rsplit("/", 1)[1])
+
+        asyncio.run(history())
+        etcd.close()
+        for store in contests:
+            assert len(ever.get(store, ())) == 1, (store, ever)
+        placed = {name: [r["worker_id"] for r in (table(url) or {}).get("redis", [])] for name, url in zip(
+            "abc", urls, strict=True)}
+        assert len({tuple(p) for p in placed.values()}) == 1  # every coordinator says the same

@@ -18,6 +18,8 @@ from rma.coordinator.etcd_store import EtcdStore
 from rma.coordinator.registry import REMOTE_GRACE_S, Registry
 from rma.coordinator.state import CoordinatorSettings
 from rma.protocol import HeartbeatRequest, RegisterRequest
+from rma.services.base import Context
+from rma.services.coordinator import Coordinator
 
 PREFIXES = itertools.count()
 INTERVAL = 1.0
@@ -174,3 +176,24 @@ def test_while_etcd_is_unreachable_nothing_is_half_kept_and_the_api_says_503(tmp
             assert answer.status_code == 503 and "etcd" in answer.json()["error"], answer.text
             assert api.get("/health").status_code == 200
         store.behind.close()
+
+
+def test_an_edge_worker_on_a_shared_store_runs_a_replica_that_every_answer_names(
+        cluster: EtcdCluster, tmp_path: Path) -> None:
+    url = cluster.url
+    settings = CoordinatorSettings(data_dir=tmp_path, heartbeat_interval=1.0, store_url=url)
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as api:
+        edge = api.post("/api/worker/register", json={"worker_id": "edge-1", "advertise_host": "127.0.0.1",
+                                                        "capabilities": {"worker_type": "edge",
+                                                                         "engines": ["rma-coordinator"]}}).json()
+        [config] = [c for c in edge["service_configs"] if c["name"] == "coordinator"]
+        assert config["env"]["RMA_STORE_URL"] == url and edge["coordinators"] == []
+        ctx = Context("127.0.0.1", 8080, tmp_path / "replica", ("http://127.0.0.1:8080",), 1.0,
+                      {**config["env"], "RMA_JOIN_TOKEN": "j"})
+        launch = Coordinator().launch(ctx)
+        assert url not in " ".join(launch.argv)  # an address only, but in the environment all the same
+        assert Coordinator().environment(ctx, launch, platform={})["RMA_STORE_URL"] == url
+        answer = api.post("/api/worker/heartbeat", headers={"Authorization": f"Bearer {edge['worker_token']}"},
+                          json={"worker_id": "edge-1", "services_status": {"coordinator": {"state": "healthy"}}})
+        assert answer.json()["coordinators"] == ["http://127.0.0.1:8080"]
+        api.delete("/api/worker/unregister/edge-1", headers={"Authorization": f"Bearer {edge['worker_token']}"})

@@ -61,9 +61,11 @@ def test_three_workers_get_services_started_and_healthy(processes: list[RmaProce
         start_worker(processes, tmp_path, url, kind, f"w-{kind}")
     replica = wait_until(lambda: redis_on(url, "w-storage"), 20, what="redis healthy on the storage worker")
     assert redis_ping(replica)
-    edge = wait_until(lambda: discover(url, "coordinator"), 30, what="a coordinator replica on the edge worker")
+    edge = wait_until(lambda: discover(url, "edge-proxy"), 30, what="an edge proxy on the edge worker")
     assert edge["workers"][0]["worker_id"] == "w-edge"
-    assert httpx.get(f"http://127.0.0.1:{edge['workers'][0]['port']}/health", timeout=2).status_code == 200
+    # A coordinator on its own SQLite file gives the edge worker no replica: it would be a second pool.
+    gaps = {g["service"]: g for g in httpx.get(f"{url}/api/admin/gaps", timeout=2).json()["gaps"]}
+    assert gaps["coordinator"]["current_workers"] == 0 and "needs a shared store" in gaps["coordinator"]["reason"]
     pool = workers(url)
     assert pool["w-cpu"]["capabilities"]["worker_type"] == "cpu"
     assert "redis-server" in pool["w-storage"]["capabilities"]["engines"]

@@ -10,6 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from etcd_cluster import etcd_cluster
+from etcd_cluster import skip_reason as etcd_skip_reason
 from procs import RmaProcess, start_coordinator, wait_until
 from rma.services import DRIVERS
 from rma.services.base import Context, Launch, cpu_threads
@@ -125,8 +127,18 @@ def one(processes: list[Running], marker: str) -> Running | None:
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(os.geteuid() != 0, reason="reads the memory of processes run as the stores' accounts")
 def test_no_service_process_inherits_the_workers_secrets(processes: list[RmaProcess], tmp_path: Path) -> None:
-    coordinator, url = start_coordinator(tmp_path, env={"RMA_JOIN_TOKEN": JOIN, "RMA_ADMIN_TOKEN": ADMIN})
-    processes.append(coordinator)
+    """On a pool kept in etcd, so that the edge worker runs a coordinator replica too."""
+    reason = etcd_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with etcd_cluster(tmp_path / "etcd", 1) as store:
+        coordinator, url = start_coordinator(tmp_path, env={"RMA_JOIN_TOKEN": JOIN, "RMA_ADMIN_TOKEN": ADMIN,
+                                                            "RMA_STORE_URL": store.url})
+        processes.append(coordinator)
+        no_secrets_passed(processes, tmp_path, url)
+
+
+def no_secrets_passed(processes: list[RmaProcess], tmp_path: Path, url: str) -> None:
     workers = {}
     for kind in ("storage", "cpu", "edge"):
         env = {"WORKER_TYPE": kind, "COORDINATOR_URL": url, "WORKER_ID": f"w-{kind}",

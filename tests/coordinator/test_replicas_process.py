@@ -25,7 +25,8 @@ from etcd_cluster import etcd_cluster, skip_reason
 from procs import RmaProcess, free_port, start_coordinator, start_worker, wait_until
 from rma.coordinator.etcd import Etcd
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
+              pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))]
 INTERVAL = 1.0
 SIMULATED = 300  # workers registered over the three coordinators besides the two real ones
 
@@ -71,9 +72,6 @@ def beating_to(worker: RmaProcess) -> str:
 
 def test_kill_9_of_a_coordinator_or_an_etcd_member_is_not_seen_by_workers(
         tmp_path: Path, processes: list[RmaProcess]) -> None:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
     with etcd_cluster(tmp_path / "etcd") as cluster:
         ports = {name: free_port() for name in "abc"}
         coordinators: dict[str, RmaProcess] = {}
@@ -141,9 +139,6 @@ def test_kill_9_of_a_coordinator_or_an_etcd_member_is_not_seen_by_workers(
 def test_storage_workers_joining_three_coordinators_at_once_fill_each_store_once_by_the_stores_history(
         tmp_path: Path, processes: list[RmaProcess]) -> None:
     """Every assignment etcd ever committed, read back from revision 1: one worker per store, never two."""
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
     with etcd_cluster(tmp_path / "etcd") as cluster:
         urls = []
         for name in "abc":  # a long interval: nobody goes down, so no store may move while this runs

@@ -20,6 +20,7 @@ class Answers:
         self.mesh = mesh
         # A coordinator replica's service config: the store to share (an address, never a credential).
         self.replica_env = {"RMA_STORE_URL": store_url} if store_url else {}
+        self._coordinators: tuple[int, tuple[str, ...]] = (-1, ())  # (registry generation, replica URLs)
         # worker id → ((token hash, assignment, store addresses, mesh version) it was built for, encoded answer)
         self._encoded: dict[str, tuple[tuple[object, ...], bytes]] = {}
 
@@ -47,8 +48,14 @@ class Answers:
         }
 
     def coordinators(self) -> tuple[str, ...]:
-        """The URLs of the coordinator replicas serving now."""
-        return tuple(sorted(replica["url"] for replica in self.registry.routing_table(("coordinator",))["coordinator"]))
+        """The URLs of the coordinator replicas serving now, read again only when the pool changed (every
+        heartbeat asks)."""
+        generation, urls = self._coordinators
+        if generation != self.registry.generation:
+            table = self.registry.routing_table(("coordinator",))["coordinator"]
+            urls = tuple(sorted(replica["url"] for replica in table))
+            self._coordinators = (self.registry.generation, urls)
+        return urls
 
     def encoded(self, record: WorkerRecord) -> bytes:
         """The heartbeat answer as JSON bytes, rebuilt only when what it says changed."""

@@ -182,9 +182,13 @@ class Registry:
         try:
             return write()
         except Exception:
-            record.assigned, record.holds_data, record.planned_generation = assigned, holds_data, -1
-            self._recount(record)
+            self._revert(record, assigned, holds_data)
             raise
+
+    def _revert(self, record: WorkerRecord, assigned: tuple[str, ...], holds_data: frozenset[str]) -> None:
+        """Back to the assignment the store has, planned again at the next chance."""
+        record.assigned, record.holds_data, record.planned_generation = assigned, holds_data, -1
+        self._recount(record)
 
     def _forget(self, record: WorkerRecord, existing: WorkerRecord | None, was_healthy: bool) -> None:
         """Undo a registration the store did not keep: the worker as it was before, or not at all."""
@@ -200,8 +204,7 @@ class Registry:
     def _lost_race(self, record: WorkerRecord, assigned: tuple[str, ...], holds_data: frozenset[str]) -> None:
         """Another coordinator on the shared store placed first: back to the assignment the store has, to be
         planned again once this coordinator has heard what changed (`caught_up`)."""
-        record.assigned, record.holds_data, record.planned_generation = assigned, holds_data, -1
-        self._recount(record)
+        self._revert(record, assigned, holds_data)
         self.placement_races += 1
         self._raced.add(record.worker_id)
         log.info("placement for %s raced another coordinator's; planned again once this one has heard",

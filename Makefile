@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # the mesh), the browser the dashboard's tests drive, what builds and runs the container images (podman with
 # runc; debootstrap makes the Debian base image), and what the mesh's tests build a small internet with.
 DEBIAN_PACKAGES := redis-server postgresql tesseract-ocr tesseract-ocr-eng haproxy nebula chromium chromium-driver \
-	podman runc debootstrap iproute2 iptables tcpdump etcd-server
+	podman runc debootstrap iproute2 iptables tcpdump etcd-server patroni
 # Only the benchmarks compare against these.
 BENCH_DEBIAN_PACKAGES := wrk nginx nghttp2-client
 PACKAGES ?= $(DEBIAN_PACKAGES)

@@ -71,6 +71,8 @@ class Service:
     more_ports: tuple[int, ...] = ()
     # The services it calls through the load balancer; on the mesh only the workers running it may call them.
     calls: tuple[str, ...] = ()
+    # A store whose engine replicates it across machines (on a pool with a shared store): how, in a word.
+    replication: str = ""
 
     def health_of(self, engine: str | None) -> HealthCheck:
         """How a replica run by `engine` is checked from outside (None or unknown: the service's check)."""
@@ -158,7 +160,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "postgres", 3, Kind.STORAGE, 3, 5432,
         (Engine("postgres", binaries=("postgres", "initdb"), ram_mb=256, user="rma"),),
-        TCP, stateful=True, target_replicas=1, reached_by=STORE_CALLERS,
+        TCP, stateful=True, target_replicas=1, reached_by=STORE_CALLERS, replication="patroni",
     ),
     Service(
         "minio", 3, Kind.STORAGE, 4, 9000,
@@ -189,6 +191,7 @@ SERVICES: tuple[Service, ...] = (
 BY_NAME: dict[str, Service] = {service.name: service for service in SERVICES}
 ALIASES: dict[str, str] = {service.alias: service.name for service in SERVICES if service.alias}
 PUBLIC: frozenset[str] = frozenset(service.name for service in SERVICES if service.public)
+REPLICATED: frozenset[str] = frozenset(service.name for service in SERVICES if service.replication)
 ENGINE_NAMES: frozenset[str] = frozenset(e.name for s in SERVICES for e in s.engines)
 # Each service another calls → the services that call it (vision-ocr → document-processing).
 CALLERS: dict[str, frozenset[str]] = {

@@ -148,7 +148,8 @@ def _states(workers: list[dict[str, Any]], service: str) -> list[str]:
 
 def _ready(gap: dict[str, Any]) -> str:
     service = BY_NAME.get(gap["service"])
-    target = f"/{service.target_replicas}" if service else ""
+    replicas = gap.get("target_replicas", service.target_replicas if service else None)
+    target = f"/{replicas}" if replicas else ""
     return f"{gap['healthy_replicas']}{target}"
 
 

@@ -23,7 +23,9 @@ import pytest
 
 from etcd_cluster import etcd_cluster, skip_reason
 from procs import RmaProcess, free_port, start_coordinator, start_worker, wait_until
+from rma.catalog import REPLICATED
 from rma.coordinator.etcd import Etcd
+from rma.placement.model import STORE_COPIES
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
               pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))]
@@ -136,9 +138,10 @@ def test_kill_9_of_a_coordinator_or_an_etcd_member_is_not_seen_by_workers(
         assert service_starts(tmp_path, "s1", "c1") == starts
 
 
-def test_storage_workers_joining_three_coordinators_at_once_fill_each_store_once_by_the_stores_history(
+def test_storage_workers_joining_three_coordinators_at_once_never_overfill_a_store_by_the_stores_history(
         tmp_path: Path, processes: list[RmaProcess]) -> None:
-    """Every assignment etcd ever committed, read back from revision 1: one worker per store, never two."""
+    """Every assignment etcd ever committed, read back from revision 1: one worker per store, never two (a
+    replicated store's two copies, never three)."""
     with etcd_cluster(tmp_path / "etcd") as cluster:
         urls = []
         for name in "abc":  # a long interval: nobody goes down, so no store may move while this runs
@@ -180,8 +183,9 @@ def test_storage_workers_joining_three_coordinators_at_once_fill_each_store_once
 
         asyncio.run(history())
         etcd.close()
-        for store in contests:
-            assert len(ever.get(store, ())) == 1, (store, ever)
+        for store in contests:  # a replicated store (postgres, under Patroni) has a copy on a second worker
+            copies = STORE_COPIES if store in REPLICATED else 1
+            assert 1 <= len(ever.get(store, ())) <= copies, (store, ever)
         placed = {name: [r["worker_id"] for r in (table(url) or {}).get("redis", [])] for name, url in zip(
             "abc", urls, strict=True)}
         assert len({tuple(p) for p in placed.values()}) == 1  # every coordinator says the same

@@ -46,14 +46,15 @@ def machine(name: str, worker_id: str | None = None, **changes: Any) -> WorkerSt
 class Harness:
     """A pool of workers driven by heartbeats until nothing changes."""
 
-    def __init__(self, workers: Iterable[WorkerState] = ()) -> None:
+    def __init__(self, workers: Iterable[WorkerState] = (), replicated: frozenset[str] = frozenset()) -> None:
+        self.replicated = replicated  # the stores replicated on this pool (postgres on a shared store)
         self.workers: dict[str, WorkerState] = {}
         self.plans: list[Plan] = []
         for worker in workers:
             self.workers[worker.worker_id] = worker
 
     def pool(self) -> Pool:
-        return Pool.of(self.workers.values())
+        return Pool(Pool.of(self.workers.values()).counts, replicated=self.replicated)
 
     def beat(self, worker_id: str, *, serve: bool = True) -> Plan:
         """One heartbeat: the worker gets its plan and runs it; new services serve if `serve`."""

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from placement_harness import FIXTURE_NAMES, Harness, machine
 
-from rma.catalog import ENGINE_NAMES, SERVICES, Kind
+from rma.catalog import ENGINE_NAMES, REPLICATED, SERVICES, Kind
 from rma.placement import Pool, WorkerState, check, desire
 
 # Rounds of heartbeats a pool may need to settle: register, hand over stand-ins, shed.
@@ -90,13 +90,14 @@ def assert_settled_pool_is_sound(harness: Harness) -> None:
     assert not fillable_gaps(harness)
     for service in SERVICES:
         if service.stateful:
-            assert len(harness.replicas(service.name)) <= 1, f"two copies of {service.name}"
+            copies = pool.target(service) if service.name in harness.replicated else 1
+            assert len(harness.replicas(service.name)) <= copies, f"too many copies of {service.name}"
 
 
 @PROFILE
-@given(histories())
-def test_settled_pools_are_eligible_filled_and_converge(history: list[Event]) -> None:
-    harness = Harness()
+@given(histories(), st.booleans())
+def test_settled_pools_are_eligible_filled_and_converge(history: list[Event], shared_store: bool) -> None:
+    harness = Harness(replicated=REPLICATED if shared_store else frozenset())
     for event in history:
         before = harness.covered()
         apply(harness, event)  # settle() fails the test if no fixed point within MAX_ROUNDS

@@ -10,6 +10,7 @@ from rma.coordinator.mesh import MeshAuthority
 from rma.coordinator.record import WorkerRecord
 from rma.coordinator.registry import Registry
 from rma.placement import engine_for
+from rma.replication import REPLICA_NAME_VARIABLE, STORE_URL_VARIABLE
 
 
 class Answers:
@@ -18,8 +19,9 @@ class Answers:
         self.registry = registry
         self.heartbeat_interval = heartbeat_interval
         self.mesh = mesh
-        # A coordinator replica's service config: the store to share (an address, never a credential).
-        self.replica_env = {"RMA_STORE_URL": store_url} if store_url else {}
+        # A coordinator replica's service config, and a replicated store's: the store to share (an address, never
+        # a credential), where the store's engine elects its primary too.
+        self.replica_env = {STORE_URL_VARIABLE: store_url} if store_url else {}
         self._coordinators: tuple[int, tuple[str, ...]] = (-1, ())  # (registry generation, replica URLs)
         # worker id → ((token hash, assignment, store addresses, mesh version) it was built for, encoded answer)
         self._encoded: dict[str, tuple[tuple[object, ...], bytes]] = {}
@@ -35,7 +37,7 @@ class Answers:
                 "name": name, "port": service.port, "priority": service.priority, "tier": service.tier,
                 "kind": service.kind.value, "engine": engine.name if engine else None,
                 "secret": self.registry.secrets.secret_for(name),
-                "env": env | self.replica_env if name == "coordinator" else env,
+                "env": env | self._own_env(name, record.worker_id),
             })
         membership = self.mesh.membership(record.worker_id) if self.mesh is not None else None
         return {
@@ -46,6 +48,14 @@ class Answers:
             "mesh": membership.model_dump() if membership is not None else None,
             "coordinators": list(self.coordinators()),
         }
+
+    def _own_env(self, service: str, worker_id: str) -> dict[str, str]:
+        """What one service's config adds: a coordinator replica's store, a replicated store's store and member name."""
+        if service == "coordinator":
+            return self.replica_env
+        if service in self.registry.replicated:
+            return self.replica_env | {REPLICA_NAME_VARIABLE: worker_id}
+        return {}
 
     def coordinators(self) -> tuple[str, ...]:
         """The URLs of the coordinator replicas serving now, read again only when the pool changed (every

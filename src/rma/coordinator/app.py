@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from rma import catalog
 from rma.body_limit import BodyLimit
+from rma.catalog import REPLICATED
 from rma.coordinator.answers import Answers
 from rma.coordinator.etcd import EtcdError
 from rma.coordinator.history import History, WorkerFigures
@@ -42,6 +43,7 @@ from rma.routing import GatewaySettings, ServiceRouter, coordinator_service
 
 log = logging.getLogger("rma.coordinator")
 DASHBOARD = Path(__file__).parent / "dashboard"
+PRIMARIES_RETRY_S = 1.0
 
 
 async def _timers(state: CoordinatorState, services: ServiceRouter) -> None:
@@ -65,6 +67,19 @@ async def _follow(store: Store, registry: Registry) -> None:
         for change in batch:
             registry.apply(change)
         registry.caught_up()
+
+
+async def _follow_primaries(store: Store, registry: Registry) -> None:
+    """Name each replicated store's primary as its engine elects it; while the shared store cannot be read,
+    keep the last known and try again."""
+    while True:
+        try:
+            async for service, worker_id in store.primaries():
+                registry.elected(service, worker_id)
+            return
+        except EtcdError as error:
+            log.warning("cannot read the stores' primaries (%s); trying again", error)
+            await asyncio.sleep(PRIMARIES_RETRY_S)
 
 
 def _record(history: History, registry: Registry, services: ServiceRouter) -> None:
@@ -110,8 +125,10 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     """
     store = open_store(settings.store_url, settings.data_dir)
     withheld = LONE_REGISTRY if not store.shared else ONE_MESH_CA if settings.mesh is not None else {}
+    # A store's engine elects its primary in the shared store, which its replicas reach off the mesh only.
+    replicated = REPLICATED if store.shared and settings.mesh is None else frozenset()
     registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown,
-                        withheld=withheld)
+                        withheld=withheld, replicated=replicated)
     mesh = None if settings.mesh is None else MeshAuthority(settings.mesh, settings.data_dir / "mesh-ca", store,
                                                              registry.clock)
     answers = Answers(registry, settings.heartbeat_interval, mesh, settings.store_url if store.shared else None)
@@ -124,7 +141,8 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
             log.warning("RMA_JOIN_TOKEN is unset: registration is accepted from loopback only")
         if not settings.admin_token:
             log.warning("RMA_ADMIN_TOKEN is unset: /api/admin is open to loopback only")
-        tasks = [asyncio.create_task(_timers(state, services)), asyncio.create_task(_follow(store, registry))]
+        tasks = [asyncio.create_task(_timers(state, services)), asyncio.create_task(_follow(store, registry)),
+                 asyncio.create_task(_follow_primaries(store, registry))]
         try:
             async with services.running():
                 yield

@@ -27,6 +27,7 @@ from typing import Any
 from rma.coordinator import etcd
 from rma.coordinator.etcd import Etcd, EtcdError, KeyValue
 from rma.coordinator.store import Change, MeshNode, Revoked, StoredWorker
+from rma.replication import PATRONI_LEADER_KEY
 
 log = logging.getLogger("rma.coordinator")
 
@@ -192,6 +193,17 @@ class EtcdStore:
                         changes.append(Change(worker_id, kind, value))  # type: ignore[arg-type]
             if changes:
                 yield changes
+
+    async def primaries(self) -> AsyncIterator[tuple[str, str | None]]:
+        """Patroni's leader key for postgres (the member holding it is the primary, named by worker id), as it is
+        and as it changes: it goes when the leader's lease runs out, and the member that wins the race puts it."""
+        snapshot, revision = self.etcd.snapshot(PATRONI_LEADER_KEY)
+        leader = next((kv for kv in snapshot if kv.key == PATRONI_LEADER_KEY), None)
+        yield "postgres", leader.value.decode() if leader is not None else None
+        async for batch in self.etcd.watch(PATRONI_LEADER_KEY, revision):
+            for kv in batch:
+                if kv.key == PATRONI_LEADER_KEY:
+                    yield "postgres", None if kv.deleted else kv.value.decode()
 
     def load_secrets(self) -> dict[str, str]:
         return {kv.key.removeprefix(self.secrets): kv.value.decode() for kv in self.etcd.get_prefix(self.secrets)}

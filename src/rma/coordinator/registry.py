@@ -59,9 +59,11 @@ class Event:
 class Registry:
     def __init__(self, store: Store, heartbeat_interval: float, grace_intervals: float = 3,
                  failure_cooldown: float = 300, clock: Callable[[], float] = time.time,
-                 withheld: Mapping[str, str] | None = None) -> None:
+                 withheld: Mapping[str, str] | None = None, replicated: frozenset[str] = frozenset()) -> None:
         self.store = store
         self.withheld = dict(withheld or {})  # services this pool offers no worker → why (the gap report's reason)
+        self.replicated = replicated  # stores whose engine keeps a copy on several workers here
+        self.primaries: dict[str, str] = {}  # replicated store → the worker its engine elected primary
         self.heartbeat_interval = heartbeat_interval
         self.grace = heartbeat_interval * grace_intervals
         self.failure_cooldown = failure_cooldown
@@ -154,7 +156,7 @@ class Registry:
         if record.planned_generation == self.generation and not record.failed_at:
             return False
         now = self.clock()
-        plan = desire(record.view(now, self.failure_cooldown), Pool(self.counts, self.withheld))
+        plan = desire(record.view(now, self.failure_cooldown), Pool(self.counts, self.withheld, self.replicated))
         if plan.services != record.assigned:
             before = record.assigned, record.holds_data
             record.assigned = plan.services
@@ -386,6 +388,18 @@ class Registry:
         self._event("rejoined" if existing else "joined", worker_id, f"{record.kind} at {record.host}, "
                     "through another coordinator")
 
+    def elected(self, service: str, worker_id: str | None) -> None:
+        """A replicated store's engine elected `worker_id` its primary (None: it has none, between two): discovery
+        and the stores' addresses every service config carries name it from now on."""
+        if self.primaries.get(service) == worker_id:
+            return
+        if worker_id is None:
+            self.primaries.pop(service, None)
+        else:
+            self.primaries[service] = worker_id
+        self.generation += 1
+        self._event("primary", worker_id or "-", f"{service}: {'elected' if worker_id else 'none while electing'}")
+
     def watch_opened(self, worker_id: str) -> None:
         self.get(worker_id).suspect_since = None
 
@@ -463,7 +477,7 @@ class Registry:
         return matches and record is not None
 
     def pool(self) -> Pool:
-        return Pool(Counter(self.counts), self.withheld)
+        return Pool(Counter(self.counts), self.withheld, self.replicated)
 
     def views(self) -> list[WorkerState]:
         now = self.clock()
@@ -489,8 +503,14 @@ class Registry:
         return sorted(e for e in found if e is not None)
 
     def replicas(self, service: str) -> list[dict[str, Any]]:
-        """Healthy replicas of a service, least loaded first."""
-        return self.routing_table([service])[service]
+        """Healthy replicas of a service, least loaded first; a replicated store's primary first, each with its role."""
+        replicas = self.routing_table([service])[service]
+        if service in self.replicated:
+            primary = self.primaries.get(service)
+            for replica in replicas:
+                replica["role"] = "primary" if replica["worker_id"] == primary else "replica"
+            replicas.sort(key=lambda r: r["role"] != "primary")
+        return replicas
 
     def routing_table(self, services: Iterable[str] = BY_NAME) -> dict[str, list[dict[str, Any]]]:
         """Each service's healthy replicas (the worker is up and reports it serving), least loaded first."""
@@ -517,14 +537,16 @@ class Registry:
     def store_env(self) -> dict[str, str]:
         """The seed's variables that tell services where the stores are: one serving replica per store.
 
-        Rebuilt whenever the pool changes (any registration may change it), from the replica
-        `named_stores` keeps per store, so it reads one worker per store however many serve it.
+        Rebuilt whenever the pool changes (any registration may change it), from a replicated store's primary,
+        else the replica `named_stores` keeps per store, so it reads one worker per store however many serve it.
         """
         generation, env = self._store_env
         if generation != self.generation:
             env = {}
             for service, variables in STORE_VARIABLES.items():
-                worker_id = self.named_stores.named(service, self.serving_index[service])
+                serving = self.serving_index[service]
+                primary = self.primaries.get(service)
+                worker_id = primary if primary in serving else self.named_stores.named(service, serving)
                 record = self.workers[worker_id] if worker_id is not None else None
                 if record is not None and (port := record.port_of(service)) is not None:
                     env.update(variables(record.host, port))

@@ -127,6 +127,12 @@ class SqliteStore:
         for batch in none:
             yield batch
 
+    async def primaries(self) -> AsyncIterator[tuple[str, str | None]]:
+        """None: no store replicates on a pool of one coordinator (its engines elect leaders in etcd)."""
+        none: tuple[tuple[str, str | None], ...] = ()
+        for primary in none:
+            yield primary
+
     def load_secrets(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT service, secret FROM secrets").fetchall())
 

@@ -71,6 +71,9 @@ class Store(Protocol):
     def changes(self) -> AsyncIterator[list[Change]]:
         """The other coordinators' changes to the workers since `load()`, in batches, for ever (none on an
         unshared store). Take in a whole batch before planning: see `Registry.caught_up`."""
+    def primaries(self) -> AsyncIterator[tuple[str, str | None]]:
+        """(store, worker id) each time a replicated store's engine elects its primary, or (store, None) while it
+        has none; the first for each store as it is now. Nothing on an unshared store (no store replicates)."""
     def load_secrets(self) -> dict[str, str]: ...
     def claim_secret(self, service: str, secret: str) -> str:
         """Keep `secret` as the service's unless it has one already; the one kept either way, so two

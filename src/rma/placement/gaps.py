@@ -22,14 +22,15 @@ class Gap:
     port: int
     current_workers: int  # healthy workers assigned the service
     healthy_replicas: int  # of those, replicas reporting the service healthy
+    target_replicas: int  # healthy replicas below this make it a warning (a replicated store's copies)
     status: str
     reason: str
 
 
-def _status(service: Service, healthy: int) -> str:
+def _status(service: Service, healthy: int, pool: Pool) -> str:
     if healthy == 0:
         return CRITICAL
-    if healthy < service.target_replicas:
+    if healthy < pool.target(service):
         return WARNING
     return OK
 
@@ -59,10 +60,10 @@ def gap_report(workers: Iterable[WorkerState], pool: Pool) -> list[Gap]:
     gaps = []
     for service in SERVICES:
         healthy = pool.serving(service.name)
-        status = _status(service, healthy)
+        status = _status(service, healthy, pool)
         reason = _why_uncovered(service, snapshot, pool) if healthy == 0 else ""
         gaps.append(Gap(service.name, service.kind.value, service.priority, service.port,
-                        pool.assigned(service.name), healthy, status, reason))
+                        pool.assigned(service.name), healthy, pool.target(service), status, reason))
     order = {CRITICAL: 0, WARNING: 1, OK: 2}
     gaps.sort(key=lambda g: (order[g.status], g.priority, g.service))
     return gaps

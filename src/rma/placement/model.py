@@ -10,7 +10,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from rma.catalog import Kind
+from rma.catalog import Kind, Service
+
+# Copies of a replicated store: a primary and a standby, on different machines.
+STORE_COPIES = 2
 
 # Service states a worker reports that mean "answering requests now".
 SERVING_STATES = frozenset({"healthy", "running"})
@@ -60,6 +63,8 @@ class Pool:
 
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
     withheld: Mapping[str, str] = field(default_factory=dict)  # service → why no worker is given it
+    # Stores whose engine keeps copies on several workers here (postgres under Patroni on a shared store).
+    replicated: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, workers: Iterable[WorkerState]) -> Pool:
@@ -71,7 +76,11 @@ class Pool:
     def without(self, worker: WorkerState) -> Pool:
         counts = Counter(self.counts)
         counts.subtract(contribution(worker))
-        return Pool(counts, self.withheld)
+        return Pool(counts, self.withheld, self.replicated)
+
+    def target(self, service: Service) -> int:
+        """Healthy replicas the service should have: a replicated store's copies, else its catalogue target."""
+        return STORE_COPIES if service.name in self.replicated else service.target_replicas
 
     def workers(self, kind: Kind) -> int:
         return self.counts[("workers", kind)]

@@ -68,10 +68,16 @@ def stand_in_reason(service: Service, worker: WorkerState, others: Pool, *, serv
     return ""
 
 
-def _may_add_redundancy(service: Service, worker: WorkerState) -> bool:
-    # Stores are independent databases, not replicas; a stand-in of another kind (CPU services
-    # on a GPU worker, tier-1 services on a CPU engine) only fills a gap, so slots go to the own tier.
-    return not service.stateful and service.kind == worker.kind
+def _may_add_redundancy(service: Service, worker: WorkerState, others: Pool) -> bool:
+    # A store is one database unless its engine replicates it here (a second copy would split the data); a
+    # stand-in of another kind (CPU services on a GPU worker, tier-1 services on a CPU engine) only fills a
+    # gap, so slots go to the own tier.
+    return (not service.stateful or service.name in others.replicated) and service.kind == worker.kind
+
+
+def _copies(service: Service, others: Pool) -> int:
+    """How many workers may hold a store's data at once: one, or a replicated store's copies."""
+    return others.target(service) if service.name in others.replicated else 1
 
 
 def _replicas(service: Service, worker: WorkerState, others: Pool) -> int:
@@ -104,9 +110,11 @@ def desire(worker: WorkerState, pool: Pool) -> Plan:
     keep = _shed_past_limit(keep, worker, others, shed)
 
     added: list[str] = []
-    # Only into a gap: a store another healthy worker runs stays there (two copies would split the data).
+    # Only into a gap: a store another healthy worker runs stays there (two copies would split the data), and
+    # a replicated one takes its data back only while it lacks a copy (the engine makes it a standby).
     for name in sorted(worker.holds_data - set(keep)):
-        if not others.assigned(name) and check(service_named(name), worker, others, keep).ok:
+        service = service_named(name)
+        if others.assigned(name) < _copies(service, others) and check(service, worker, others, keep).ok:
             keep.append(name)
             added.append(name)
 
@@ -116,8 +124,8 @@ def desire(worker: WorkerState, pool: Pool) -> Plan:
             continue
         replicas = _replicas(service, worker, others)
         wanted = replicas == 0 or (
-            _may_add_redundancy(service, worker)
-            and replicas < service.target_replicas
+            _may_add_redundancy(service, worker, others)
+            and replicas < others.target(service)
             and len(keep) < limit
         )
         if wanted and check(service, worker, others, keep).ok:
@@ -142,7 +150,7 @@ def _shed_past_limit(keep: list[str], worker: WorkerState, others: Pool,
         if len(result) <= limit:
             break
         service = service_named(name)
-        if service.stateful or others.serving(name) < service.target_replicas:
+        if service.stateful or others.serving(name) < others.target(service):
             continue
         result.remove(name)
         shed.append((name, f"over the multitask limit of {limit}; others serve it"))
@@ -153,7 +161,8 @@ def _take_least_replicated(worker: WorkerState, others: Pool, keep: list[str], a
     """A worker with nothing to do adds a replica where it helps most (scenario 3 of the seed)."""
     candidates = [
         s for s in SERVICES
-        if _may_add_redundancy(s, worker) and not stand_in_reason(s, worker, others, serving=False)
+        if _may_add_redundancy(s, worker, others) and not stand_in_reason(s, worker, others, serving=False)
+        and not (s.stateful and others.assigned(s.name) >= _copies(s, others))  # a store has its copies
     ]
     for service in sorted(candidates, key=lambda s: (others.assigned(s.name), s.priority, s.name)):
         if check(service, worker, others, keep).ok:

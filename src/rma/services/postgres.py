@@ -6,6 +6,9 @@ worker killed by SIGKILL take its server down with a fast shutdown (SIGINT): an 
 hold the data dir's lock and the port the restarted worker needs. The coordinator's password
 reaches the server on stdin of a single-user session, never on a command line, and is set on
 every start so it always matches what discovery hands out.
+
+Given the pool's etcd and a member name (rma.replication), the store runs replicated under Patroni instead
+(rma.services.patroni): same data dir, same account, same password.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ import psycopg
 
 from rma import catalog
 from rma.files import write_private
+from rma.replication import REPLICA_NAME_VARIABLE, STORE_URL_VARIABLE
+from rma.services import patroni
 from rma.services.accounts import as_server, check_reachable, service_account
 from rma.services.base import (
     HEALTH_TIMEOUT_S,
+    LOCATION_VARIABLES,
     Context,
     Launch,
     ServiceDriver,
@@ -49,6 +55,7 @@ INIT_TIMEOUT_S = 120.0  # initdb fsyncs a few hundred files: seconds on a slow d
 class Postgres(ServiceDriver):
     name = "postgres"
     engine = "postgres"
+    passes = (*LOCATION_VARIABLES, STORE_URL_VARIABLE, REPLICA_NAME_VARIABLE)
 
     def prepare(self, ctx: Context) -> None:
         secret = require_secret(ctx, self.name)
@@ -57,6 +64,10 @@ class Postgres(ServiceDriver):
         pgdata = ctx.data_dir.resolve() / PGDATA
         if account:
             check_reachable(ctx.data_dir.resolve(), account)
+        if patroni.replicated(ctx.env):  # Patroni runs initdb (or clones the primary) and sets the password
+            patroni.prepare(ctx.host, ctx.port, ctx.data_dir.resolve(), pgdata, ctx.env, secret, USER, DATABASE,
+                            account)
+            return
         if not pgdata.is_dir():
             _initialise(pgdata, account)
         owner = (account.pw_uid, account.pw_gid) if account else None
@@ -65,6 +76,9 @@ class Postgres(ServiceDriver):
         single_user(pgdata, account, f"ALTER ROLE {USER} PASSWORD '{password}';\n", secret)
 
     def launch(self, ctx: Context) -> Launch:
+        if patroni.replicated(ctx.env):  # a SIGKILLed worker: Patroni stops its postgres (SIGINT) and hands over
+            config = ctx.data_dir.resolve() / patroni.CONFIG
+            return Launch(as_server(patroni.command(config), service_account(RUN_AS)), cwd=ctx.data_dir)
         return Launch(
             as_server(("postgres", "-D", str(ctx.data_dir.resolve() / PGDATA), "-p", str(ctx.port),
                        "-c", f"listen_addresses={listen_addresses(ctx.host)}",
@@ -77,6 +91,8 @@ class Postgres(ServiceDriver):
         """An authenticated `SELECT 1`: accepting connections is not enough while recovering WAL."""
         if not ctx.secret:
             return False
+        if patroni.replicated(ctx.env) and not await patroni.api_healthy(ctx.host):
+            return False
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
                 conn = await psycopg.AsyncConnection.connect(
@@ -87,6 +103,7 @@ class Postgres(ServiceDriver):
         except (psycopg.Error, OSError, TimeoutError):
             return False
         return row == (1,)
+
 
 
 def listen_addresses(host: str) -> str:

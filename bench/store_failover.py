@@ -1,0 +1,103 @@
+"""A replicated store's failover under write load, with real workers, real engines and real kills.
+
+postgres under Patroni on the pool's etcd (tests/store_failover.py builds the pool: a coordinator, storage
+workers on 127.0.0.2, …, a client committing one row at a time through discovery). For two storage workers,
+then three:
+
+1. kill -9 the machine holding the primary (its worker and every engine process): seconds from the kill to
+   the first commit acknowledged on the new primary, found through discovery (goal: <= 8 s), and acknowledged
+   commits lost (goal: 0, synchronous commit);
+2. replication lag under the load: bytes of WAL the standbys have not replayed, sampled on the primary;
+3. the cost of safety: commits per second with a synchronous standby, against the same primary once its
+   standby's machine is killed (no replica), side by side in one run.
+
+Run (as root or not): .venv/bin/python bench/store_failover.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' pool harness
+
+from procs import wait_until  # noqa: E402
+from store_failover import StorePool, Writer, connect, lost, patroni_missing, store_pool  # noqa: E402
+
+STEADY_S = 5.0
+
+
+def rate(writer: Writer, start: float, end: float) -> float:
+    """Commits per second acknowledged between two moments."""
+    return sum(start < t <= end for t in writer.commit_times) / (end - start)
+
+
+def lag_bytes(pool: StorePool) -> list[int]:
+    """WAL bytes each standby has yet to replay, as the primary sees it."""
+    with connect(pool.discover()) as conn:
+        rows = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication")
+        return [int(row[0] or 0) for row in rows]
+
+
+def primary_dies(folder: Path, machines: int) -> dict[str, float]:
+    with store_pool(folder, machines) as pool:
+        primary = pool.settled(machines)
+        writer = Writer(pool)
+        writer.start()
+        lags = []
+        for _ in range(int(STEADY_S / 0.5)):
+            time.sleep(0.5)
+            lags.extend(lag_bytes(pool))
+        killed_at = pool.machines[primary].kill9()
+        wait_until(lambda: writer.commits_after(killed_at) > 50, 60, what="commits on the new primary")
+        writer.stop()
+        resumed = writer.first_commit_after(killed_at) or float("nan")
+        return {"resumed_s": resumed, "lost": len(lost(pool, writer.acknowledged)),
+                "acknowledged": len(writer.acknowledged), "lag_p50": statistics.median(lags) if lags else 0,
+                "lag_max": max(lags, default=0)}
+
+
+def standby_dies(folder: Path) -> dict[str, float]:
+    with store_pool(folder, 2) as pool:
+        primary = pool.settled(2)
+        [standby] = [name for name in pool.roles() if name != primary]
+        writer = Writer(pool)
+        writer.start()
+        time.sleep(1.0)
+        start = time.monotonic()
+        time.sleep(STEADY_S)
+        synchronous = rate(writer, start, time.monotonic())
+        killed_at = pool.machines[standby].kill9()
+        time.sleep(3.0)  # Patroni drops the dead standby from the synchronous set within a loop
+        start = time.monotonic()
+        time.sleep(STEADY_S)
+        alone = rate(writer, start, time.monotonic())
+        writer.stop()
+        return {"stall_s": writer.longest_stall_after(killed_at), "with_standby": synchronous, "alone": alone,
+                "lost": len(lost(pool, writer.acknowledged))}
+
+
+def main() -> None:
+    reason = patroni_missing()
+    if reason:
+        sys.exit(reason)
+    print("postgres under Patroni, a client committing through discovery (one row per commit)")
+    print(f"{'machines':>8} {'kill -9 primary → write (s)':>28} {'lost':>5} {'acked':>6} "
+          f"{'lag p50 (B)':>12} {'lag max (B)':>12}")
+    for machines in (2, 3):
+        with tempfile.TemporaryDirectory() as folder:
+            got = primary_dies(Path(folder), machines)
+        print(f"{machines:>8} {got['resumed_s']:>28.2f} {got['lost']:>5.0f} {got['acknowledged']:>6.0f} "
+              f"{got['lag_p50']:>12.0f} {got['lag_max']:>12.0f}")
+    with tempfile.TemporaryDirectory() as folder:
+        got = standby_dies(Path(folder))
+    print(f"kill -9 of the standby: longest stall {got['stall_s']:.2f} s, lost {got['lost']:.0f}")
+    print(f"commits/s with a synchronous standby {got['with_standby']:.0f}, alone {got['alone']:.0f} "
+          f"(safety costs {1 - got['with_standby'] / got['alone']:.0%} of the throughput)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""postgres replicated under Patroni across real storage workers, with a client writing through discovery while
+the machine holding the primary dies (`kill -9` of its worker and every engine it ran)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from procs import wait_until
+from store_failover import StorePool, Writer, lost, patroni_missing, rows_on, store_pool
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+if (reason := patroni_missing()) is not None:
+    pytestmark.append(pytest.mark.skip(reason=reason))
+
+WRITES_BEFORE_S = 3.0
+RESUMED_WITHIN_S = 15.0  # the test's bound; bench/store_failover.py prints the figure
+
+
+def kill_and_resume(pool: StorePool, writer: Writer, victim: str) -> float:
+    """Kill `victim`'s machine under load; seconds until the next acknowledged commit."""
+    time.sleep(WRITES_BEFORE_S)
+    assert writer.acknowledged, "nothing was written before the kill"
+    killed_at = pool.machines[victim].kill9()
+    wait_until(lambda: writer.commits_after(killed_at) > 20, RESUMED_WITHIN_S + 10, what="commits after the kill")
+    resumed = writer.first_commit_after(killed_at)
+    assert resumed is not None
+    return resumed
+
+
+def test_kill_9_of_the_primary_machine_loses_no_acknowledged_commit_and_it_returns_as_a_standby(
+        tmp_path: Path) -> None:
+    with store_pool(tmp_path, 2) as pool:
+        primary = pool.settled(2)
+        writer = Writer(pool)
+        writer.start()
+        try:
+            resumed = kill_and_resume(pool, writer, primary)
+            survivor = pool.primary()
+            assert survivor is not None and survivor != primary
+        finally:
+            writer.stop()
+        assert resumed <= RESUMED_WITHIN_S, f"writes resumed {resumed:.1f}s after the kill"
+        assert lost(pool, writer.acknowledged) == []
+
+        pool.machines[primary].start(pool.url)  # the old primary comes back: a standby, never a second primary
+        wait_until(lambda: pool.roles().get(primary) == "replica", 120, 0.5, what="the old primary as a standby")
+        assert pool.primary() == survivor
+        wait_until(lambda: rows_on(pool, primary) >= len(writer.acknowledged), 60, 0.5, what="the standby caught up")
+
+
+def test_kill_9_of_the_standby_machine_leaves_writes_going_to_the_primary(tmp_path: Path) -> None:
+    with store_pool(tmp_path, 2) as pool:
+        primary = pool.settled(2)
+        [standby] = [name for name in pool.roles() if name != primary]
+        writer = Writer(pool)
+        writer.start()
+        try:
+            time.sleep(WRITES_BEFORE_S)
+            killed_at = pool.machines[standby].kill9()
+            time.sleep(10)
+        finally:
+            writer.stop()
+        assert pool.primary() == primary
+        assert writer.first_commit_after(killed_at) is not None
+        stall = writer.longest_stall_after(killed_at)
+        assert stall <= 8, f"commits stalled {stall:.1f}s while the synchronous standby was dropped"
+        assert lost(pool, writer.acknowledged) == []

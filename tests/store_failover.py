@@ -1,0 +1,232 @@
+"""A replicated store under write load while the machine holding its primary dies, for tests and bench/.
+
+A pool on a real etcd: one coordinator and storage workers on their own loopback addresses (127.0.0.2, …),
+each a real `rma worker`. A `Writer` commits rows continuously through discovery: it asks the coordinator
+where postgres's primary is, commits there, and asks again after a failure, as an application would. A
+machine's death is `kill -9` of its worker and every engine process it started, Patroni's postmaster too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+
+from etcd_cluster import EtcdCluster, etcd_cluster
+from procs import RmaProcess, start_coordinator, wait_until
+from rma.services.base import find_binary
+
+INTERVAL = 1.0
+CONNECT_TIMEOUT_S = 2
+
+
+def patroni_missing() -> str | None:
+    """Why a replicated postgres cannot run here; None when it can."""
+    if shutil.which("etcd") is None:
+        return "etcd is not installed (make test installs Debian's etcd-server)"
+    if find_binary("patroni") is None:
+        return "patroni is not installed (make test installs Debian's patroni)"
+    return None
+
+
+@dataclass
+class Machine:
+    """A storage worker on its own loopback address, and what kills it as a pulled plug would."""
+
+    name: str
+    host: str
+    data_dir: Path
+    log_path: Path
+    process: RmaProcess | None = None
+
+    def start(self, coordinator_url: str) -> None:
+        env = {"WORKER_TYPE": "storage", "COORDINATOR_URL": coordinator_url, "WORKER_ID": self.name,
+               "DATA_DIR": str(self.data_dir), "ADVERTISE_HOST": self.host}
+        self.process = RmaProcess(["worker"], self.log_path, env).start()
+
+    def kill9(self) -> float:
+        """The worker and every process that runs in its data dir (a postmaster Patroni detached), found first and
+        then killed at once; the monotonic time by which all were sent SIGKILL."""
+        assert self.process is not None
+        victims = [psutil.Process(self.process.pid)]
+        with contextlib.suppress(psutil.Error):
+            victims += victims[0].children(recursive=True)
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if str(self.data_dir) in " ".join(proc.info["cmdline"] or ()):
+                    victims += [proc, *proc.children()]  # a postmaster and its backends
+        for proc in victims:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        self.process.kill9()
+        return killed_at
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=15)
+
+
+@dataclass
+class StorePool:
+    url: str
+    etcd: EtcdCluster
+    machines: dict[str, Machine]
+    coordinator: RmaProcess
+
+    def discover(self, service: str = "postgres") -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.get(f"{self.url}/api/services/discover/{service}", timeout=2).json()
+        return answer
+
+    def roles(self) -> dict[str, str]:
+        """Each serving replica of postgres → primary or replica, as discovery says."""
+        try:
+            return {r["worker_id"]: r.get("role", "") for r in self.discover().get("workers", [])}
+        except (httpx.HTTPError, ValueError):
+            return {}
+
+    def primary(self) -> str | None:
+        return next((w for w, role in self.roles().items() if role == "primary"), None)
+
+    def settled(self, copies: int) -> str:
+        """Wait until `copies` replicas serve, one of them the primary, and the standbys stream from it."""
+        def ready() -> str | None:
+            roles = self.roles()
+            primary = self.primary()
+            if primary is None or len(roles) < copies:
+                return None
+            try:
+                with connect(self.discover()) as conn:
+                    streaming = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+                    row = streaming.fetchone()
+            except psycopg.Error:
+                return None  # the primary's server is starting, or discovery names one that is no more
+            return primary if row is not None and row[0] >= copies - 1 else None
+        found: str = wait_until(ready, 180, 0.5, what=f"{copies} postgres copies with a primary")
+        return found
+
+
+def connect(discovered: dict[str, Any]) -> psycopg.Connection[Any]:
+    """A connection to the replica discovery recommends (a replicated store's primary)."""
+    return psycopg.connect(_recommended(discovered)["connection_url"], connect_timeout=CONNECT_TIMEOUT_S,
+                           autocommit=True)
+
+
+def _recommended(discovered: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in discovered["workers"] if r["worker_id"] == discovered["recommended"])
+
+
+@dataclass
+class Writer:
+    """Commits one row at a time through discovery, and keeps what was acknowledged and when."""
+
+    pool: StorePool
+    acknowledged: list[int] = field(default_factory=list)
+    commit_times: list[float] = field(default_factory=list)  # monotonic, one per acknowledged row
+    failures: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with connect(self.pool.discover()) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS letters (id bigint PRIMARY KEY, body text)")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_id = 1
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = connect(self.pool.discover())
+                conn.execute("INSERT INTO letters VALUES (%s, %s)", (next_id, "Dear Ms Patel, £412.50 owed"))
+            except psycopg.errors.UniqueViolation:
+                next_id += 1  # committed, but its acknowledgement died with the old primary: not counted
+                continue
+            except (psycopg.Error, httpx.HTTPError, OSError, ValueError, KeyError, StopIteration):
+                self.failures += 1
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                conn = None
+                time.sleep(0.05)
+                continue
+            self.acknowledged.append(next_id)
+            self.commit_times.append(time.monotonic())
+            next_id += 1
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def commits_after(self, moment: float) -> int:
+        return sum(t > moment for t in self.commit_times)
+
+    def first_commit_after(self, moment: float) -> float | None:
+        """Seconds from `moment` to the first commit acknowledged after it."""
+        later = [t for t in self.commit_times if t > moment]
+        return later[0] - moment if later else None
+
+    def longest_stall_after(self, moment: float) -> float:
+        """The longest gap between two acknowledged commits after `moment`."""
+        times = [moment, *(t for t in self.commit_times if t > moment)]
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
+def lost(pool: StorePool, acknowledged: list[int]) -> list[int]:
+    """Acknowledged ids that the primary discovery names now does not have."""
+    with connect(pool.discover()) as conn:
+        held = {row[0] for row in conn.execute("SELECT id FROM letters")}
+    return [i for i in acknowledged if i not in held]
+
+
+def rows_on(pool: StorePool, worker_id: str) -> int:
+    """The row count on one replica (a standby answers reads)."""
+    replica = next(r for r in pool.discover()["workers"] if r["worker_id"] == worker_id)
+    try:
+        with psycopg.connect(replica["connection_url"], connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            row = conn.execute("SELECT count(*) FROM letters").fetchone()
+    except psycopg.Error:
+        return 0  # its server restarts (after a rewind) or it has not replayed the table yet
+    return int(row[0]) if row else 0
+
+
+@contextlib.contextmanager
+def store_pool(folder: Path, machines: int) -> Iterator[StorePool]:
+    """etcd, a coordinator on it and `machines` storage workers (127.0.0.2, …); everything stopped afterwards.
+
+    Data dirs live where the `postgres` account a root worker runs the server as can reach them."""
+    root = Path(tempfile.mkdtemp(prefix="rma-failover-"))
+    root.chmod(0o711)
+    started: list[Machine] = []
+    try:
+        with etcd_cluster(folder / "etcd", 1) as cluster:
+            coordinator, url = start_coordinator(folder, None, INTERVAL, {"RMA_STORE_URL": cluster.url})
+            try:
+                for index in range(machines):
+                    name = f"s{index + 1}"
+                    machine = Machine(name, f"127.0.0.{index + 2}", root / name, folder / f"{name}.log")
+                    machine.start(url)
+                    started.append(machine)
+                yield StorePool(url, cluster, {m.name: m for m in started}, coordinator)
+            finally:
+                for machine in started:
+                    machine.stop()
+                coordinator.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -68,3 +68,22 @@ def test_kill_9_of_the_standby_machine_leaves_writes_going_to_the_primary(tmp_pa
         stall = writer.longest_stall_after(killed_at)
         assert stall <= 8, f"commits stalled {stall:.1f}s while the synchronous standby was dropped"
         assert lost(pool, writer.acknowledged) == []
+
+
+def test_with_three_storage_workers_the_third_becomes_the_missing_standby_cloned_from_the_new_primary(
+        tmp_path: Path) -> None:
+    with store_pool(tmp_path, 3) as pool:
+        primary = pool.settled(2)
+        [spare] = [name for name in pool.machines if name not in pool.roles()]
+        writer = Writer(pool)
+        writer.start()
+        try:
+            kill_and_resume(pool, writer, primary)
+            # Two copies again: the spare is given postgres and Patroni clones it from the new primary.
+            wait_until(lambda: pool.roles().get(spare) == "replica", 120, 0.5, what="the spare as the new standby")
+            survivor = pool.settled(2)
+        finally:
+            writer.stop()
+        assert survivor != primary and set(pool.roles()) == set(pool.machines) - {primary}
+        assert lost(pool, writer.acknowledged) == []
+        wait_until(lambda: rows_on(pool, spare) >= len(writer.acknowledged), 60, 0.5, what="the new standby caught up")

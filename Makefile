@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) bench/coordinator_scale.py --seed-shape
 	$(PY) bench/stores.py
 	$(PY) bench/failover.py
+	$(PY) bench/store_failover.py
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/front_door_tls.py
 	$(PY) bench/fastpath_cost.py

@@ -12,13 +12,14 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rma.catalog import BY_NAME, Kind
-from rma.coordinator.record import WorkerRecord, bracket, hash_token, seed_state, worker_kind
-from rma.coordinator.secrets import STORE_VARIABLES, NamedStores, SecretBook
+from rma.coordinator.directory import Directory
+from rma.coordinator.record import WorkerRecord, hash_token, seed_state, worker_kind
+from rma.coordinator.secrets import NamedStores, SecretBook
 from rma.coordinator.store import Change, Store, StoredWorker
 from rma.placement import Pool, WorkerState, contribution, desire, engine_for
 from rma.protocol import (
@@ -38,8 +39,6 @@ EVENT_RING_SIZE = 500
 # next heartbeat (the down worker changed the counts, so every worker replans then).
 HEAL_CANDIDATES = 64
 HEAL_LOOKED_AT = 1024
-# A service's engines in use are read off this many of its replicas: a catalogue service has two engines at most.
-ENGINES_LOOKED_AT = 64
 # A worker's heartbeat time reaches the disk at most this often: enough to tell, after a
 # coordinator crash, which workers were alive, at 1/SEEN_RESOLUTION_S writes per worker-second.
 SEEN_RESOLUTION_S = 30.0
@@ -56,7 +55,7 @@ class Event:
     detail: str
 
 
-class Registry:
+class Registry(Directory):
     def __init__(self, store: Store, heartbeat_interval: float, grace_intervals: float = 3,
                  failure_cooldown: float = 300, clock: Callable[[], float] = time.time,
                  withheld: Mapping[str, str] | None = None, replicated: frozenset[str] = frozenset()) -> None:
@@ -482,76 +481,6 @@ class Registry:
     def views(self) -> list[WorkerState]:
         now = self.clock()
         return [r.view(now, self.failure_cooldown) for r in self.workers.values()]
-
-    def engine_of(self, service: str, worker_id: str) -> str | None:
-        """The engine the worker runs the service with: the one its service config names."""
-        view = self.workers[worker_id].view(self.clock(), self.failure_cooldown)
-        engine = engine_for(BY_NAME[service], view).engine
-        return engine.name if engine is not None else None
-
-    def _health_path(self, service: str, worker_id: str) -> str:
-        """Where routers check this replica: its engine's own path (SeaweedFS in the minio slot), else the
-        catalogue's; the engine is looked up only for services that have such an engine."""
-        known = BY_NAME[service]
-        if all(engine.health is None for engine in known.engines):
-            return known.health.path
-        return known.health_of(self.engine_of(service, worker_id)).path
-
-    def engines_serving(self, service: str) -> list[str]:
-        """The engines the service's healthy replicas run (seaweedfs for minio, llama-cpp for llm-inference)."""
-        found = {self.engine_of(service, w) for w in itertools.islice(self.serving_index[service], ENGINES_LOOKED_AT)}
-        return sorted(e for e in found if e is not None)
-
-    def replicas(self, service: str) -> list[dict[str, Any]]:
-        """Healthy replicas of a service, least loaded first; a replicated store's primary first, each with its role."""
-        replicas = self.routing_table([service])[service]
-        if service in self.replicated:
-            primary = self.primaries.get(service)
-            for replica in replicas:
-                replica["role"] = "primary" if replica["worker_id"] == primary else "replica"
-            replicas.sort(key=lambda r: r["role"] != "primary")
-        return replicas
-
-    def routing_table(self, services: Iterable[str] = BY_NAME) -> dict[str, list[dict[str, Any]]]:
-        """Each service's healthy replicas (the worker is up and reports it serving), least loaded first."""
-        table: dict[str, list[dict[str, Any]]] = {}
-        for service in services:
-            replicas = []
-            for worker_id in self.serving_index[service]:
-                record = self.workers[worker_id]
-                status = record.services_status.get(service)
-                port = record.port_of(service)
-                if port is None:  # never so while indexed as serving (WorkerRecord.serving needs a port)
-                    continue
-                replicas.append({
-                    "worker_id": worker_id, "host": record.host, "port": port,
-                    "health_path": self._health_path(service, worker_id),
-                    "url": f"http://{bracket(record.host)}:{port}", "load": record.load,
-                    "state": status.state if status is not None else "running",
-                    "last_heartbeat": record.last_seen,
-                })
-            replicas.sort(key=lambda r: (r["load"], r["worker_id"]))
-            table[service] = replicas
-        return table
-
-    def store_env(self) -> dict[str, str]:
-        """The seed's variables that tell services where the stores are: one serving replica per store.
-
-        Rebuilt whenever the pool changes (any registration may change it), from a replicated store's primary,
-        else the replica `named_stores` keeps per store, so it reads one worker per store however many serve it.
-        """
-        generation, env = self._store_env
-        if generation != self.generation:
-            env = {}
-            for service, variables in STORE_VARIABLES.items():
-                serving = self.serving_index[service]
-                primary = self.primaries.get(service)
-                worker_id = primary if primary in serving else self.named_stores.named(service, serving)
-                record = self.workers[worker_id] if worker_id is not None else None
-                if record is not None and (port := record.port_of(service)) is not None:
-                    env.update(variables(record.host, port))
-            self._store_env = (self.generation, env)
-        return env
 
     def _stored(self, record: WorkerRecord) -> StoredWorker:
         return StoredWorker(

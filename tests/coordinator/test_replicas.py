@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from etcd_cluster import EtcdCluster, etcd_cluster, skip_reason
+from etcd_cluster import EtcdCluster, etcd_cluster
 from rma.coordinator.app import create_app
 from rma.coordinator.etcd import Etcd, EtcdError
 from rma.coordinator.etcd_store import EtcdStore
@@ -31,15 +31,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with etcd_cluster(tmp_path_factory.mktemp("etcd"), size=3) as running:
-        yield running
 
 
 class Replicas:

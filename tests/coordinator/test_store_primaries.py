@@ -4,30 +4,19 @@ etcd) names the primary that discovery recommends and every service config's POS
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from starlette.testclient import TestClient
 
-from etcd_cluster import EtcdCluster, etcd_cluster, skip_reason
+from etcd_cluster import EtcdCluster
 from procs import wait_until
 from rma.coordinator.app import create_app
 from rma.coordinator.state import CoordinatorSettings
 from rma.replication import PATRONI_LEADER_KEY, REPLICA_NAME_VARIABLE, STORE_URL_VARIABLE
 
 HOSTS = {"s1": "127.0.0.2", "s2": "127.0.0.3"}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with etcd_cluster(tmp_path_factory.mktemp("etcd"), size=1) as running:
-        yield running
 
 
 def leader(cluster: EtcdCluster, worker_id: str | None) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from etcd_cluster import EtcdCluster, etcd_cluster, skip_reason
+from etcd_cluster import EtcdCluster
 from rma.coordinator.etcd import Etcd
 from rma.coordinator.etcd_store import EtcdStore
 from rma.coordinator.registry import Registry
@@ -22,15 +22,6 @@ from rma.coordinator.store import MeshNode, Revoked, Store, StoredWorker, open_s
 from rma.protocol import HeartbeatRequest, RegisterRequest
 
 PREFIXES = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with etcd_cluster(tmp_path_factory.mktemp("etcd")) as running:
-        yield running
 
 
 @pytest.fixture(params=["sqlite", "etcd"])

@@ -87,6 +87,13 @@ class Harness:
         """The worker comes back, freshly started: it runs nothing yet but keeps its data."""
         self.workers[worker_id] = replace(self.workers[worker_id], healthy=True, assigned=())
 
+    def away_and_back(self, worker_id: str) -> None:
+        """The worker goes down, the pool settles without it, and it comes back (with its data)."""
+        self.down(worker_id)
+        self.settle()
+        self.up(worker_id)
+        self.settle()
+
     def round(self, *, serve: bool = True) -> bool:
         """Every worker beats once, in join order; True when some worker's state changed."""
         changed = False

@@ -58,10 +58,7 @@ def test_a_returning_holder_takes_back_the_missing_copy(machine: Machine) -> Non
     harness = Harness(replicated=REPLICATED)
     harness.join(machine("storage_full", "s1"))
     harness.join(machine("storage_full", "s2"))
-    harness.down("s2")
-    harness.settle()
-    harness.up("s2")
-    harness.settle()
+    harness.away_and_back("s2")
     assert set(harness.replicas("postgres")) == {"s1", "s2"}
     for store in SINGLE_STORES:  # a single store stays with the survivor that took it
         assert harness.replicas(store) == ["s1"], store

@@ -170,10 +170,7 @@ def test_store_returns_to_its_data_holder(harness: Harness, machine: Machine) ->
 def test_store_taken_over_while_its_holder_was_down_stays_single(harness: Harness, machine: Machine) -> None:
     harness.join(machine("storage_full", "s1"))
     harness.join(machine("storage_full", "s2"))
-    harness.down("s1")
-    harness.settle()
-    harness.up("s1")
-    harness.settle()
+    harness.away_and_back("s1")
     for store in STORES:
         assert harness.replicas(store) == ["s2"], "two copies of a store would split its data"
 

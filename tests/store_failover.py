@@ -22,13 +22,17 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
+import redis
 
 from etcd_cluster import EtcdCluster, etcd_cluster
 from procs import RmaProcess, start_coordinator, wait_until
+from rma.replication import SENTINEL_MASTER, SENTINEL_PORT
 from rma.services.base import find_binary
+from rma.services.redis import SENTINEL_FILE
 
 INTERVAL = 1.0
 CONNECT_TIMEOUT_S = 2
+WAIT_MS = 200  # how long a redis write waits for a replica to have it (a lone primary: every write, in full)
 
 
 def patroni_missing() -> str | None:
@@ -80,6 +84,7 @@ class Machine:
 
 @dataclass
 class StorePool:
+    folder: Path  # the coordinator's data is under folder/coordinator
     url: str
     etcd: EtcdCluster
     machines: dict[str, Machine]
@@ -89,15 +94,15 @@ class StorePool:
         answer: dict[str, Any] = httpx.get(f"{self.url}/api/services/discover/{service}", timeout=2).json()
         return answer
 
-    def roles(self) -> dict[str, str]:
-        """Each serving replica of postgres → primary or replica, as discovery says."""
+    def roles(self, service: str = "postgres") -> dict[str, str]:
+        """Each serving replica of a store → primary or replica, as discovery says."""
         try:
-            return {r["worker_id"]: r.get("role", "") for r in self.discover().get("workers", [])}
+            return {r["worker_id"]: r.get("role", "") for r in self.discover(service).get("workers", [])}
         except (httpx.HTTPError, ValueError):
             return {}
 
-    def primary(self) -> str | None:
-        return next((w for w, role in self.roles().items() if role == "primary"), None)
+    def primary(self, service: str = "postgres") -> str | None:
+        return next((w for w, role in self.roles(service).items() if role == "primary"), None)
 
     def settled(self, copies: int) -> str:
         """Wait until `copies` replicas serve, one of them the primary, and the standbys stream from it."""
@@ -188,6 +193,76 @@ class Writer:
         return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
 
 
+class RedisWriter(Writer):
+    """SETs one key at a time through discovery; a write counts as acknowledged once `WAIT` says a replica has
+    it (the durability redis offers), and as written (`commit_times`) once the primary took it."""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_id = 1
+        client: redis.Redis | None = None
+        while not self._stop.is_set():
+            try:
+                if client is None:
+                    client = redis_client(self.pool.discover("redis"))
+                client.set(f"letter:{next_id}", "Dear Ms Patel, £412.50 owed")
+                replicas = client.wait(1, WAIT_MS)
+            except (redis.RedisError, httpx.HTTPError, OSError, ValueError, KeyError, StopIteration):
+                self.failures += 1
+                client = None
+                time.sleep(0.05)
+                continue
+            if replicas >= 1:
+                self.acknowledged.append(next_id)
+            self.commit_times.append(time.monotonic())
+            next_id += 1
+
+
+def redis_client(discovered: dict[str, Any]) -> redis.Redis:
+    return redis.Redis.from_url(_recommended(discovered)["connection_url"], socket_timeout=1, socket_connect_timeout=1)
+
+
+def redis_lost(pool: StorePool, acknowledged: list[int]) -> list[int]:
+    """Acknowledged keys the primary discovery names now does not have."""
+    client = redis_client(pool.discover("redis"))
+    held = client.mget([f"letter:{i}" for i in acknowledged]) if acknowledged else []
+    return [i for i, value in zip(acknowledged, held, strict=True) if value is None]
+
+
+def redis_role(pool: StorePool, worker_id: str) -> str:
+    """What a copy's own server says it is (`INFO replication`): master, or slave once its link to the master is
+    up (synced); "" before."""
+    replica = next(r for r in pool.discover("redis")["workers"] if r["worker_id"] == worker_id)
+    try:
+        info = redis.Redis.from_url(replica["connection_url"], socket_timeout=1).info("replication")
+    except redis.RedisError:
+        return ""
+    if info.get("role") == "slave" and info.get("master_link_status") != "up":
+        return ""
+    return str(info.get("role", ""))
+
+
+def sentinels_ready(pool: StorePool) -> bool:
+    """Whether every Sentinel (beside each copy, and the coordinator's) can fail over to a replica: it knows
+    enough others (`SENTINEL CKQUORUM`) and knows the replica, which it learns from the primary's INFO only
+    every 10 s."""
+    copies = pool.discover("redis")["workers"]
+    conf = (pool.folder / "coordinator" / "sentinel" / SENTINEL_FILE).read_text()
+    coordinator = int(next(line.split()[1] for line in conf.splitlines() if line.startswith("port ")))
+    for host, port in [(c["host"], SENTINEL_PORT) for c in copies] + [("127.0.0.1", coordinator)]:
+        sentinel = redis.Redis(host=host, port=port, password=copies[0]["secret"], socket_timeout=1)
+        try:
+            if not (sentinel.execute_command("SENTINEL", "CKQUORUM", SENTINEL_MASTER)
+                    and sentinel.execute_command("SENTINEL", "REPLICAS", SENTINEL_MASTER)):
+                return False
+        except redis.RedisError:
+            return False
+    return True
+
+
 def lost(pool: StorePool, acknowledged: list[int]) -> list[int]:
     """Acknowledged ids that the primary discovery names now does not have."""
     with connect(pool.discover()) as conn:
@@ -223,7 +298,7 @@ def store_pool(folder: Path, machines: int) -> Iterator[StorePool]:
                     machine = Machine(name, f"127.0.0.{index + 2}", root / name, folder / f"{name}.log")
                     machine.start(url)
                     started.append(machine)
-                yield StorePool(url, cluster, {m.name: m for m in started}, coordinator)
+                yield StorePool(folder, url, cluster, {m.name: m for m in started}, coordinator)
             finally:
                 for machine in started:
                     machine.stop()

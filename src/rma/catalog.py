@@ -155,7 +155,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "redis", 3, Kind.STORAGE, 2, 6379,
         (Engine("redis-server", binaries=("redis-server",), ram_mb=128),),
-        TCP, stateful=True, target_replicas=1, reached_by=STORE_CALLERS,
+        TCP, stateful=True, target_replicas=1, reached_by=STORE_CALLERS, replication="sentinel",
     ),
     Service(
         "postgres", 3, Kind.STORAGE, 3, 5432,

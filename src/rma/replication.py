@@ -4,6 +4,11 @@ postgres replicates under Patroni on the pool's etcd (the store coordinator repl
 is a Patroni member named after its worker, and the member holding Patroni's leader key is the primary.
 The coordinator reads that key to name the primary in discovery; the driver hands Patroni the same
 namespace and scope.
+
+redis replicates under Sentinel: each copy runs a Sentinel beside its server, and so does every coordinator
+(the third voter when two storage workers hold the copies). A copy starts as a replica of the primary its
+service config names; the Sentinels' majority promotes a replica when the primary is gone, and the
+coordinator asks its own Sentinel which copy is primary.
 """
 
 from __future__ import annotations
@@ -16,3 +21,13 @@ PATRONI_NAMESPACE = "/rma-patroni/"  # outside the coordinator's own /rma/ prefi
 PATRONI_SCOPE = "postgres"
 PATRONI_API_PORT = 8008  # Patroni's REST API, which its members and the driver's health check ask
 PATRONI_LEADER_KEY = f"{PATRONI_NAMESPACE}{PATRONI_SCOPE}/leader"  # its value: the primary member's name
+
+PRIMARY_VARIABLE = "RMA_PRIMARY"  # host:port of the copy a new redis copy replicates from; unset: it is the first
+SENTINEL_PORT = 26379  # a redis copy's Sentinel, on the copy's address
+SENTINEL_MASTER = "rma"  # the name the Sentinels monitor the primary by
+SENTINEL_QUORUM = 2  # Sentinels that must agree the primary is down
+SENTINEL_DOWN_AFTER_MS = 1000
+# A Sentinel elected to fail over while its view of the replica is older than 5 s gives up ("no good slave",
+# about one try in two: it reads a replica's INFO only every 10 s until the primary is down) and tries again
+# 2 x this later, by when it reads it every second.
+SENTINEL_FAILOVER_TIMEOUT_MS = 2000

@@ -9,7 +9,18 @@ from pathlib import Path
 import pytest
 
 from procs import wait_until
-from store_failover import StorePool, Writer, lost, patroni_missing, rows_on, store_pool
+from store_failover import (
+    RedisWriter,
+    StorePool,
+    Writer,
+    lost,
+    patroni_missing,
+    redis_lost,
+    redis_role,
+    rows_on,
+    sentinels_ready,
+    store_pool,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 if (reason := patroni_missing()) is not None:
@@ -87,3 +98,31 @@ def test_with_three_storage_workers_the_third_becomes_the_missing_standby_cloned
         assert survivor != primary and set(pool.roles()) == set(pool.machines) - {primary}
         assert lost(pool, writer.acknowledged) == []
         wait_until(lambda: rows_on(pool, spare) >= len(writer.acknowledged), 60, 0.5, what="the new standby caught up")
+
+
+def test_kill_9_of_the_redis_primary_machine_promotes_its_replica_and_it_returns_as_one(tmp_path: Path) -> None:
+    with store_pool(tmp_path, 2) as pool:
+        wait_until(lambda: len(pool.roles("redis")) == 2 and pool.primary("redis"), 120, 0.5,
+                   what="two redis copies, one primary")
+        primary = pool.primary("redis")
+        assert primary is not None
+        [replica] = [name for name in pool.roles("redis") if name != primary]
+        wait_until(lambda: redis_role(pool, replica) == "slave", 30, 0.5, what="the second copy replicating")
+        wait_until(lambda: sentinels_ready(pool), 30, 0.5, what="three Sentinels that can fail over to the replica")
+        writer = RedisWriter(pool)
+        writer.start()
+        try:
+            time.sleep(WRITES_BEFORE_S)
+            assert writer.acknowledged, "no write reached the replica before the kill"
+            killed_at = pool.machines[primary].kill9()
+            wait_until(lambda: writer.commits_after(killed_at) > 5, RESUMED_WITHIN_S, what="writes after the kill")
+            resumed = writer.first_commit_after(killed_at)
+        finally:
+            writer.stop()
+        assert resumed is not None and resumed <= RESUMED_WITHIN_S
+        assert pool.primary("redis") == replica
+        assert redis_lost(pool, writer.acknowledged) == []
+        pool.machines[primary].start(pool.url)  # back with its old data: a replica of the promoted copy
+        wait_until(lambda: pool.roles("redis").get(primary) == "replica" and redis_role(pool, primary) == "slave",
+                   60, 0.5, what="the old primary as a replica")
+        assert pool.primary("redis") == replica

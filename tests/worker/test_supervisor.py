@@ -203,3 +203,26 @@ def test_a_busy_service_is_reported_unhealthy_but_never_restarted_for_it(placeme
         assert (sup.status.state, sup.status.pid, sup.status.restarts) == (State.UNHEALTHY, first, 0)
 
     asyncio.run(supervised(sup, body))
+
+
+def test_a_companion_that_dies_restarts_the_service_and_both_end_with_it(placement: Placement) -> None:
+    """redis's Sentinel runs beside its server: one of the two ending is the service crashing."""
+    class WithCompanion(Redis):
+        def launch(self, ctx: Context) -> Launch:
+            server = super().launch(ctx)
+            return replace(server, companions=(Launch(("sleep", "300")),))
+
+    sup = Supervisor(WithCompanion(), placement, FAST)
+    companions: list[psutil.Process] = []
+
+    async def body() -> None:
+        await until(lambda: sup.status.state == State.HEALTHY)
+        [companion] = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"]]
+        companion.kill()
+        await until(lambda: sup.status.restarts == 1 and sup.status.state == State.HEALTHY)
+        companions.extend(p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"])
+        assert len(companions) == 1  # started again with its server
+
+    asyncio.run(supervised(sup, body))
+    _, alive = psutil.wait_procs(companions, timeout=3)
+    assert not alive  # stopping the service ends its companion too

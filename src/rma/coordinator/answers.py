@@ -10,7 +10,7 @@ from rma.coordinator.mesh import MeshAuthority
 from rma.coordinator.record import WorkerRecord
 from rma.coordinator.registry import Registry
 from rma.placement import engine_for
-from rma.replication import REPLICA_NAME_VARIABLE, STORE_URL_VARIABLE
+from rma.replication import PRIMARY_VARIABLE, REPLICA_NAME_VARIABLE, STORE_URL_VARIABLE
 
 
 class Answers:
@@ -53,9 +53,14 @@ class Answers:
         """What one service's config adds: a coordinator replica's store, a replicated store's store and member name."""
         if service == "coordinator":
             return self.replica_env
-        if service in self.registry.replicated:
-            return self.replica_env | {REPLICA_NAME_VARIABLE: worker_id}
-        return {}
+        if service not in self.registry.replicated:
+            return {}
+        env = self.replica_env | {REPLICA_NAME_VARIABLE: worker_id}
+        primary = self.registry.primary_of(service)
+        address = self.registry.address_of(service, primary) if primary not in (None, worker_id) else None
+        if address is not None:  # a new copy starts as its replica (redis; Patroni finds its leader itself)
+            env[PRIMARY_VARIABLE] = f"{address[0]}:{address[1]}"
+        return env
 
     def coordinators(self) -> tuple[str, ...]:
         """The URLs of the coordinator replicas serving now, read again only when the pool changed (every

@@ -34,6 +34,7 @@ from rma.coordinator.metrics import Metrics
 from rma.coordinator.openapi import install as install_openapi
 from rma.coordinator.registry import Registry
 from rma.coordinator.routes import router, worker_routes
+from rma.coordinator.sentinel import CoordinatorSentinel
 from rma.coordinator.state import CoordinatorSettings, CoordinatorState
 from rma.coordinator.store import Store, open_store
 from rma.coordinator.watch import Watchers
@@ -143,6 +144,9 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
             log.warning("RMA_ADMIN_TOKEN is unset: /api/admin is open to loopback only")
         tasks = [asyncio.create_task(_timers(state, services)), asyncio.create_task(_follow(store, registry)),
                  asyncio.create_task(_follow_primaries(store, registry))]
+        if "redis" in replicated:
+            sentinel = CoordinatorSentinel(settings.data_dir / "sentinel", settings.host)
+            tasks.append(asyncio.create_task(sentinel.follow(registry)))
         try:
             async with services.running():
                 yield

@@ -91,11 +91,25 @@ class Directory:
         if generation != self.generation:
             env = {}
             for service, variables in STORE_VARIABLES.items():
-                serving = self.serving_index[service]
-                primary = self.primaries.get(service)
-                worker_id = primary if primary in serving else self.named_stores.named(service, serving)
-                record = self.workers[worker_id] if worker_id is not None else None
-                if record is not None and (port := record.port_of(service)) is not None:
-                    env.update(variables(record.host, port))
+                worker_id = self.primary_of(service)
+                address = self.address_of(service, worker_id) if worker_id is not None else None
+                if address is not None:
+                    env.update(variables(*address))
             self._store_env = (self.generation, env)
         return env
+
+    def primary_of(self, service: str) -> str | None:
+        """The copy of a replicated store that is primary: the one its engine elected while it serves, else the
+        one named (the first copy, before any election); None while none serves."""
+        serving = self.serving_index[service]
+        primary = self.primaries.get(service)
+        return primary if primary in serving else self.named_stores.named(service, serving)
+
+    def address_of(self, service: str, worker_id: str) -> tuple[str, int] | None:
+        record = self.workers[worker_id]
+        port = record.port_of(service)
+        return (record.host, port) if port is not None else None
+
+    def serving_at(self, service: str, host: str, port: int) -> str | None:
+        """The serving replica of `service` at host:port (what an engine's own election names), if any."""
+        return next((w for w in self.serving_index[service] if self.address_of(service, w) == (host, port)), None)

@@ -72,7 +72,9 @@ def _may_add_redundancy(service: Service, worker: WorkerState, others: Pool) -> 
     # A store is one database unless its engine replicates it here (a second copy would split the data); a
     # stand-in of another kind (CPU services on a GPU worker, tier-1 services on a CPU engine) only fills a
     # gap, so slots go to the own tier.
-    return (not service.stateful or service.name in others.replicated) and service.kind == worker.kind
+    # A replicated store's standby is added only beside a serving copy, which it starts from.
+    replicates = service.name in others.replicated and others.serving(service.name) > 0
+    return (not service.stateful or replicates) and service.kind == worker.kind
 
 
 def _copies(service: Service, others: Pool) -> int:

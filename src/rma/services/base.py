@@ -76,11 +76,13 @@ class Context:
 
 @dataclass(frozen=True)
 class Launch:
-    """A process to start: argv plus the environment variables to add."""
+    """A process to start: argv plus the environment variables to add, and the processes that run beside it
+    (redis's Sentinel): each supervised with it, so that one ending ends the service."""
 
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    companions: tuple[Launch, ...] = ()
 
 
 class ServiceDriver(ABC):

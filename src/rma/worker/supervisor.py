@@ -150,33 +150,46 @@ class Supervisor:
             where.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(where.log_path, "ab") as header:
                 header.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(launch.argv)}\n".encode())
-            proc = await spawn(launch.argv, self.driver.environment(ctx, launch), launch.cwd, where.log_path)
         except OSError as exc:
             return f"cannot start: {exc}", False
+        procs: list[asyncio.subprocess.Process] = []
+        try:
+            for part in (launch, *launch.companions):
+                procs.append(await spawn(part.argv, self.driver.environment(ctx, part), part.cwd, where.log_path))
+        except OSError as exc:
+            await self._end(procs)
+            return f"cannot start: {exc}", False
+        proc = procs[0]
         self._set(State.STARTING, f"pid {proc.pid}", port=port, pid=proc.pid)
         try:
-            return await self._watch(proc, ctx)
+            return await self._watch(proc, ctx, procs[1:])
         finally:
+            await self._end(procs)
+
+    async def _end(self, procs: list[asyncio.subprocess.Process]) -> None:
+        for proc in procs:
             if proc.returncode is None:
                 await end_tree(proc, self.policy.stop_timeout_s)
             else:
                 reap_group(proc.pid)
 
-    async def _watch(self, proc: asyncio.subprocess.Process, ctx: Context) -> tuple[str, bool]:
+    async def _watch(self, proc: asyncio.subprocess.Process, ctx: Context,
+                     companions: list[asyncio.subprocess.Process]) -> tuple[str, bool]:
         loop = asyncio.get_running_loop()
         started = loop.time()
         engine = self.driver.service.engine(ctx.engine or self.driver.engine)
         start_limit = max(self.policy.start_timeout_s, engine.start_s)
         bad_since: float | None = None
         was_healthy = False
-        exited = asyncio.ensure_future(proc.wait())
+        exited = asyncio.ensure_future(asyncio.wait([asyncio.ensure_future(p.wait()) for p in (proc, *companions)],
+                                                    return_when=asyncio.FIRST_COMPLETED))
         stopped = asyncio.ensure_future(self._stop.wait())
         try:
             while True:
                 ok = await self.driver.healthy(ctx)
                 now = loop.time()
-                if proc.returncode is not None:
-                    return f"exited with code {proc.returncode}", was_healthy
+                if (ended := _ended(proc, companions)) is not None:
+                    return ended, was_healthy
                 if ok is BUSY:  # alive, every slot taken: routed elsewhere meanwhile, never restarted for it
                     was_healthy, bad_since = True, None
                     self._set(State.UNHEALTHY, "busy: every work slot is taken")
@@ -196,8 +209,18 @@ class Supervisor:
                 await asyncio.wait({exited, stopped}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
                 if self.stopping:
                     return "stopped", was_healthy
-                if proc.returncode is not None:
-                    return f"exited with code {proc.returncode}", was_healthy
+                if (ended := _ended(proc, companions)) is not None:
+                    return ended, was_healthy
         finally:
             for waiter in (exited, stopped):
                 waiter.cancel()
+
+
+def _ended(proc: asyncio.subprocess.Process, companions: list[asyncio.subprocess.Process]) -> str | None:
+    """Why the service is over, when its process or a companion exited; None while all run."""
+    if proc.returncode is not None:
+        return f"exited with code {proc.returncode}"
+    for companion in companions:
+        if companion.returncode is not None:
+            return f"its companion (pid {companion.pid}) exited with code {companion.returncode}"
+    return None

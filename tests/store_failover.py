@@ -140,6 +140,7 @@ class Writer:
     acknowledged: list[int] = field(default_factory=list)
     commit_times: list[float] = field(default_factory=list)  # monotonic, one per acknowledged row
     failures: int = 0
+    stopped_at: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -175,6 +176,7 @@ class Writer:
             conn.close()
 
     def stop(self) -> None:
+        self.stopped_at = time.monotonic()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
@@ -188,9 +190,10 @@ class Writer:
         return later[0] - moment if later else None
 
     def longest_stall_after(self, moment: float) -> float:
-        """The longest gap between two acknowledged commits after `moment`."""
-        times = [moment, *(t for t in self.commit_times if t > moment)]
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        """The longest time without a write between `moment` and the writer's stop."""
+        assert self.stopped_at is not None, "stop the writer first"
+        times = [moment, *(t for t in self.commit_times if t > moment), self.stopped_at]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 
 class RedisWriter(Writer):

@@ -126,3 +126,23 @@ def test_kill_9_of_the_redis_primary_machine_promotes_its_replica_and_it_returns
         wait_until(lambda: pool.roles("redis").get(primary) == "replica" and redis_role(pool, primary) == "slave",
                    60, 0.5, what="the old primary as a replica")
         assert pool.primary("redis") == replica
+
+
+def test_kill_9_of_the_redis_replica_machine_leaves_writes_going_to_the_primary(tmp_path: Path) -> None:
+    with store_pool(tmp_path, 2) as pool:
+        wait_until(lambda: len(pool.roles("redis")) == 2 and pool.primary("redis"), 120, 0.5,
+                   what="two redis copies, one primary")
+        primary = pool.primary("redis")
+        [replica] = [name for name in pool.roles("redis") if name != primary]
+        wait_until(lambda: redis_role(pool, replica) == "slave", 30, 0.5, what="the second copy replicating")
+        writer = RedisWriter(pool)
+        writer.start()
+        try:
+            time.sleep(WRITES_BEFORE_S)
+            killed_at = pool.machines[replica].kill9()
+            time.sleep(5)
+        finally:
+            writer.stop()
+        assert pool.primary("redis") == primary
+        assert writer.longest_stall_after(killed_at) <= 2, "a write waits for a replica at most WAIT_MS"
+        assert redis_lost(pool, writer.acknowledged) == []

@@ -41,6 +41,18 @@ def kill_and_resume(pool: StorePool, writer: Writer, victim: str) -> float:
     return resumed
 
 
+def kill_under_load(pool: StorePool, writer: Writer, victim: str, watched_s: float) -> float:
+    """Kill `victim`'s machine while `writer` writes, watch `watched_s` more, stop the writer; when it was killed."""
+    writer.start()
+    try:
+        time.sleep(WRITES_BEFORE_S)
+        killed_at = pool.machines[victim].kill9()
+        time.sleep(watched_s)
+    finally:
+        writer.stop()
+    return killed_at
+
+
 def test_kill_9_of_the_primary_machine_loses_no_acknowledged_commit_and_it_returns_as_a_standby(
         tmp_path: Path) -> None:
     with store_pool(tmp_path, 2) as pool:
@@ -67,13 +79,7 @@ def test_kill_9_of_the_standby_machine_leaves_writes_going_to_the_primary(tmp_pa
         primary = pool.settled(2)
         [standby] = [name for name in pool.roles() if name != primary]
         writer = Writer(pool)
-        writer.start()
-        try:
-            time.sleep(WRITES_BEFORE_S)
-            killed_at = pool.machines[standby].kill9()
-            time.sleep(10)
-        finally:
-            writer.stop()
+        killed_at = kill_under_load(pool, writer, standby, 10)
         assert pool.primary() == primary
         assert writer.first_commit_after(killed_at) is not None
         stall = writer.longest_stall_after(killed_at)
@@ -136,13 +142,7 @@ def test_kill_9_of_the_redis_replica_machine_leaves_writes_going_to_the_primary(
         [replica] = [name for name in pool.roles("redis") if name != primary]
         wait_until(lambda: redis_role(pool, replica) == "slave", 30, 0.5, what="the second copy replicating")
         writer = RedisWriter(pool)
-        writer.start()
-        try:
-            time.sleep(WRITES_BEFORE_S)
-            killed_at = pool.machines[replica].kill9()
-            time.sleep(5)
-        finally:
-            writer.stop()
+        killed_at = kill_under_load(pool, writer, replica, 5)
         assert pool.primary("redis") == primary
         assert writer.longest_stall_after(killed_at) <= 2, "a write waits for a replica at most WAIT_MS"
         assert redis_lost(pool, writer.acknowledged) == []

@@ -15,6 +15,12 @@ then three:
 4. redis under Sentinel, five runs: seconds from kill -9 of the primary's machine to the first write on the
    promoted copy (goal: <= 3 s), and writes lost of those a replica had acknowledged (WAIT 1).
 
+5. S3 (SeaweedFS, filer.sync both ways), three runs, a client PUTting 1 KB objects through discovery: seconds
+   from kill -9 of the primary's machine to the first PUT on the survivor (goal: <= 10 s); acknowledged objects
+   the survivor lacks then (filer.sync is asynchronous: the window) and once the old primary is back (goal: 0);
+   replication lag (a PUT acknowledged on the primary → listed on the replica); PUTs/s with the replica against
+   the same primary once the replica's machine is killed.
+
 Run (as root or not): .venv/bin/python bench/store_failover.py
 """
 
@@ -32,6 +38,7 @@ from procs import wait_until  # noqa: E402
 from rma.placement.model import STORE_COPIES  # noqa: E402
 from store_failover import (  # noqa: E402
     RedisWriter,
+    S3Writer,
     StorePool,
     Writer,
     connect,
@@ -39,12 +46,14 @@ from store_failover import (  # noqa: E402
     patroni_missing,
     redis_lost,
     redis_role,
+    s3_missing,
     sentinels_ready,
     store_pool,
 )
 
 STEADY_S = 5.0
 REDIS_RUNS = 5
+S3_RUNS = 3
 
 
 def rate(writer: Writer, start: float, end: float) -> float:
@@ -121,6 +130,66 @@ def redis_primary_dies(folder: Path) -> dict[str, float]:
                 "lost": len(redis_lost(pool, writer.acknowledged)), "acknowledged": len(writer.acknowledged)}
 
 
+def s3_copies(pool: StorePool) -> tuple[str, str]:
+    wait_until(lambda: len(pool.roles("minio")) == STORE_COPIES and pool.primary("minio"), 120, 0.5,
+               what="two S3 copies")
+    primary = pool.primary("minio")
+    assert primary is not None
+    [replica] = [name for name in pool.roles("minio") if name != primary]
+    return primary, replica
+
+
+def s3_lag(pool: StorePool, writer: S3Writer, replica: str, samples: int) -> list[float]:
+    """Seconds from a PUT acknowledged on the primary to the object listed on the replica, sampled."""
+    lags = []
+    for _ in range(samples):
+        time.sleep(0.5)
+        newest, acked_at = writer.acknowledged[-1:], writer.commit_times[-1]
+        wait_until(lambda newest=newest: not s3_missing(pool, newest, replica), 30, 0.05,
+                   what="the object on the replica")
+        lags.append(time.monotonic() - acked_at)
+    return lags
+
+
+def s3_primary_dies(folder: Path) -> dict[str, float]:
+    with store_pool(folder, 2) as pool:
+        primary, replica = s3_copies(pool)
+        writer = S3Writer(pool)
+        writer.start()
+        lags = s3_lag(pool, writer, replica, int(STEADY_S / 0.5))
+        killed_at = pool.machines[primary].kill9()
+        wait_until(lambda: writer.commits_after(killed_at) > 20, 60, what="PUTs on the survivor")
+        writer.stop()
+        window = len(s3_missing(pool, writer.acknowledged))
+        pool.machines[primary].start(pool.url)
+        wait_until(lambda: pool.roles("minio").get(primary) == "replica", 120, 0.5, what="the old primary back")
+        deadline = time.monotonic() + 30
+        while (missing := len(s3_missing(pool, writer.acknowledged))) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return {"resumed_s": writer.first_commit_after(killed_at) or float("nan"), "window": window,
+                "lost": missing, "acknowledged": len(writer.acknowledged), "lag_p50": statistics.median(lags),
+                "lag_max": max(lags)}
+
+
+def s3_replica_dies(folder: Path) -> dict[str, float]:
+    with store_pool(folder, 2) as pool:
+        primary, replica = s3_copies(pool)
+        writer = S3Writer(pool)
+        writer.start()
+        wait_until(lambda: len(writer.acknowledged) > 20 and not s3_missing(pool, writer.acknowledged[:20], replica),
+                   60, 0.5, what="objects on the replica")
+        start = time.monotonic()
+        time.sleep(STEADY_S)
+        replicated = rate(writer, start, time.monotonic())
+        pool.machines[replica].kill9()
+        time.sleep(1.0)
+        start = time.monotonic()
+        time.sleep(STEADY_S)
+        alone = rate(writer, start, time.monotonic())
+        writer.stop()
+        return {"with_replica": replicated, "alone": alone, "lost": len(s3_missing(pool, writer.acknowledged))}
+
+
 def main() -> None:
     reason = patroni_missing()
     if reason:
@@ -142,6 +211,21 @@ def main() -> None:
           f"kill -9 primary → write {seconds[0]:.2f}–{seconds[-1]:.2f} s (median {statistics.median(seconds):.2f}), "
           f"lost {sum(run['lost'] for run in runs):.0f} of {sum(run['acknowledged'] for run in runs):.0f} "
           "acknowledged")
+    s3_runs = []
+    for _ in range(S3_RUNS):
+        with tempfile.TemporaryDirectory() as folder:
+            s3_runs.append(s3_primary_dies(Path(folder)))
+    seconds = sorted(run["resumed_s"] for run in s3_runs)
+    lag_p50, lag_max = statistics.median(run["lag_p50"] for run in s3_runs), max(run["lag_max"] for run in s3_runs)
+    print(f"S3 on SeaweedFS (a client PUTting 1 KB objects through discovery, filer.sync both ways), {S3_RUNS} runs: "
+          f"kill -9 primary → PUT {seconds[0]:.2f}–{seconds[-1]:.2f} s (median {statistics.median(seconds):.2f}); "
+          f"of {sum(run['acknowledged'] for run in s3_runs):.0f} acknowledged, missing on the survivor "
+          f"{sum(run['window'] for run in s3_runs):.0f}, lost once the old primary is back "
+          f"{sum(run['lost'] for run in s3_runs):.0f}; lag p50 {lag_p50:.2f} s, max {lag_max:.2f} s")
+    with tempfile.TemporaryDirectory() as folder:
+        got = s3_replica_dies(Path(folder))
+    print(f"S3 PUTs/s with a replica {got['with_replica']:.0f}, alone {got['alone']:.0f} "
+          f"(replication costs {1 - got['with_replica'] / got['alone']:.0%}), lost {got['lost']:.0f}")
     with tempfile.TemporaryDirectory() as folder:
         got = standby_dies(Path(folder))
     print(f"kill -9 of the standby: longest stall {got['stall_s']:.2f} s, lost {got['lost']:.0f}")

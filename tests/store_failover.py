@@ -9,6 +9,7 @@ machine's death is `kill -9` of its worker and every engine process it started, 
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import signal
 import tempfile
@@ -18,11 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
+import minio
 import psutil
 import psycopg
 import redis
+import urllib3
+from minio.error import MinioException
 
 from etcd_cluster import EtcdCluster, etcd_cluster
 from procs import RmaProcess, start_coordinator, wait_until
@@ -33,6 +38,8 @@ from rma.services.redis import SENTINEL_FILE
 INTERVAL = 1.0
 CONNECT_TIMEOUT_S = 2
 WAIT_MS = 200  # how long a redis write waits for a replica to have it (a lone primary: every write, in full)
+BUCKET = "letters"
+LETTER = "Dear Ms Patel, £412.50 owed".encode() * 40  # about 1 KB
 
 
 def patroni_missing() -> str | None:
@@ -222,6 +229,53 @@ class RedisWriter(Writer):
                 self.acknowledged.append(next_id)
             self.commit_times.append(time.monotonic())
             next_id += 1
+
+
+class S3Writer(Writer):
+    """PUTs one object at a time through discovery; an object counts as acknowledged once its PUT returned 200."""
+
+    def start(self) -> None:
+        s3_client(self.pool.discover("minio")).make_bucket(BUCKET)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_id = 1
+        client: minio.Minio | None = None
+        while not self._stop.is_set():
+            try:
+                if client is None:
+                    client = s3_client(self.pool.discover("minio"))
+                client.put_object(BUCKET, f"letter-{next_id}", io.BytesIO(LETTER), len(LETTER))
+            except (MinioException, urllib3.exceptions.HTTPError, httpx.HTTPError, OSError, ValueError,
+                    KeyError, StopIteration):
+                self.failures += 1
+                client = None
+                time.sleep(0.05)
+                continue
+            self.acknowledged.append(next_id)
+            self.commit_times.append(time.monotonic())
+            next_id += 1
+
+
+def s3_client(discovered: dict[str, Any], worker_id: str | None = None) -> minio.Minio:
+    """An S3 client of the copy discovery recommends (the primary), or of `worker_id`'s; it gives up after a second."""
+    replica = _recommended(discovered) if worker_id is None else next(
+        r for r in discovered["workers"] if r["worker_id"] == worker_id)
+    url = urlsplit(replica["connection_url"])
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=2), retries=False)
+    return minio.Minio(f"{url.hostname}:{url.port}", unquote(url.username or ""), unquote(url.password or ""),
+                       secure=False, region="us-east-1", http_client=http)
+
+
+def s3_missing(pool: StorePool, acknowledged: list[int], worker_id: str | None = None) -> list[int]:
+    """Acknowledged objects the primary (or `worker_id`'s copy) does not have."""
+    try:
+        client = s3_client(pool.discover("minio"), worker_id)
+        held = {obj.object_name for obj in client.list_objects(BUCKET)}
+    except (MinioException, urllib3.exceptions.HTTPError, StopIteration):
+        return acknowledged
+    return [i for i in acknowledged if f"letter-{i}" not in held]
 
 
 def redis_client(discovered: dict[str, Any]) -> redis.Redis:

@@ -172,6 +172,7 @@ SERVICES: tuple[Service, ...] = (
                    health=HealthCheck("http", "/healthz")),
         ),
         HealthCheck("http", "/minio/health/live"), stateful=True, target_replicas=1, reached_by=STORE_CALLERS,
+        replication="filer.sync",
     ),
     Service(
         "neo4j", 3, Kind.STORAGE, 5, 7474,

@@ -9,9 +9,16 @@ redis replicates under Sentinel: each copy runs a Sentinel beside its server, an
 (the third voter when two storage workers hold the copies). A copy starts as a replica of the primary its
 service config names; the Sentinels' majority promotes a replica when the primary is gone, and the
 coordinator asks its own Sentinel which copy is primary.
+
+S3 (SeaweedFS) replicates with `weed filer.sync`, both ways between a copy and the primary it started beside.
+SeaweedFS elects nothing: the coordinator names the primary (the copy named longest, while it serves).
 """
 
 from __future__ import annotations
+
+# The replication (catalog.Service.replication) of stores whose engine elects the primary; the coordinator
+# names the others'.
+ELECTED = frozenset({"patroni", "sentinel"})
 
 # The service config variables the coordinator adds for a replicated store's replicas.
 STORE_URL_VARIABLE = "RMA_STORE_URL"  # the pool's etcd (etcd://host:port,…), which Patroni elects a leader in
@@ -22,7 +29,7 @@ PATRONI_SCOPE = "postgres"
 PATRONI_API_PORT = 8008  # Patroni's REST API, which its members and the driver's health check ask
 PATRONI_LEADER_KEY = f"{PATRONI_NAMESPACE}{PATRONI_SCOPE}/leader"  # its value: the primary member's name
 
-PRIMARY_VARIABLE = "RMA_PRIMARY"  # host:port of the copy a new redis copy replicates from; unset: it is the first
+PRIMARY_VARIABLE = "RMA_PRIMARY"  # host:port of the primary a new copy replicates from; unset: it is the first
 SENTINEL_PORT = 26379  # a redis copy's Sentinel, on the copy's address
 SENTINEL_MASTER = "rma"  # the name the Sentinels monitor the primary by
 SENTINEL_QUORUM = 2  # Sentinels that must agree the primary is down

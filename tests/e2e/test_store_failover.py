@@ -1,5 +1,6 @@
-"""postgres replicated under Patroni across real storage workers, with a client writing through discovery while
-the machine holding the primary dies (`kill -9` of its worker and every engine it ran)."""
+"""The replicated stores across real storage workers (postgres under Patroni, redis under Sentinel, S3 with
+SeaweedFS's filer.sync), with a client writing through discovery while the machine holding the primary or the
+replica dies (`kill -9` of its worker and every engine it ran)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from procs import wait_until
 from store_failover import (
     RedisWriter,
+    S3Writer,
     StorePool,
     Writer,
     lost,
@@ -18,6 +20,7 @@ from store_failover import (
     redis_lost,
     redis_role,
     rows_on,
+    s3_missing,
     sentinels_ready,
     store_pool,
 )
@@ -146,3 +149,56 @@ def test_kill_9_of_the_redis_replica_machine_leaves_writes_going_to_the_primary(
         assert pool.primary("redis") == primary
         assert writer.longest_stall_after(killed_at) <= 2, "a write waits for a replica at most WAIT_MS"
         assert redis_lost(pool, writer.acknowledged) == []
+
+
+SYNC_WINDOW_S = 2.0  # filer.sync copies within about a second: what the primary took this close to its death may wait
+
+
+def two_s3_copies(pool: StorePool) -> tuple[str, str]:
+    """Wait for two S3 copies with a primary; (primary, replica)."""
+    wait_until(lambda: len(pool.roles("minio")) == 2 and pool.primary("minio"), 120, 0.5,
+               what="two S3 copies, one primary")
+    primary = pool.primary("minio")
+    assert primary is not None
+    [replica] = [name for name in pool.roles("minio") if name != primary]
+    return primary, replica
+
+
+def test_kill_9_of_the_s3_primary_machine_keeps_objects_and_writes_going_and_it_returns_as_a_replica(
+        tmp_path: Path) -> None:
+    with store_pool(tmp_path, 2) as pool:
+        primary, replica = two_s3_copies(pool)
+        writer = S3Writer(pool)
+        writer.start()
+        try:
+            wait_until(lambda: len(writer.acknowledged) > 20
+                       and not s3_missing(pool, writer.acknowledged[:20], replica), 60, 0.5,
+                       what="objects copied to the replica")
+            killed_at = pool.machines[primary].kill9()
+            wait_until(lambda: writer.commits_after(killed_at) > 20, RESUMED_WITHIN_S + 10, what="PUTs after the kill")
+            resumed = writer.first_commit_after(killed_at)
+        finally:
+            writer.stop()
+        assert resumed is not None and resumed <= RESUMED_WITHIN_S, f"PUTs resumed {resumed}s after the kill"
+        assert pool.primary("minio") == replica
+        acknowledged_by_then = [i for i, at in zip(writer.acknowledged, writer.commit_times, strict=True)
+                                if at <= killed_at - SYNC_WINDOW_S]
+        assert s3_missing(pool, acknowledged_by_then) == [], "an object acknowledged well before the kill is gone"
+
+        pool.machines[primary].start(pool.url)  # back with its objects: a replica, and the window's objects return
+        wait_until(lambda: pool.roles("minio").get(primary) == "replica", 120, 0.5, what="the old primary as a replica")
+        assert pool.primary("minio") == replica
+        wait_until(lambda: not s3_missing(pool, writer.acknowledged), 60, 0.5,
+                   what="every acknowledged object on the primary")
+        wait_until(lambda: not s3_missing(pool, writer.acknowledged, primary), 60, 0.5,
+                   what="the returned copy caught up")
+
+
+def test_kill_9_of_the_s3_replica_machine_leaves_writes_going_to_the_primary(tmp_path: Path) -> None:
+    with store_pool(tmp_path, 2) as pool:
+        primary, replica = two_s3_copies(pool)
+        writer = S3Writer(pool)
+        killed_at = kill_under_load(pool, writer, replica, 5)
+        assert pool.primary("minio") == primary
+        assert writer.longest_stall_after(killed_at) <= 2, "a PUT waited on the replica's death"
+        assert s3_missing(pool, writer.acknowledged) == []

@@ -14,8 +14,8 @@ Machine = Callable[..., WorkerState]
 SINGLE_STORES = {s.name for s in SERVICES if s.kind == Kind.STORAGE} - REPLICATED
 
 
-def test_postgres_and_redis_are_the_replicated_stores() -> None:
-    assert {"postgres", "redis"} == REPLICATED
+def test_postgres_redis_and_s3_are_the_replicated_stores() -> None:
+    assert {"postgres", "redis", "minio"} == REPLICATED
 
 
 def test_a_replicated_store_gets_a_copy_on_two_storage_workers_and_the_others_one(machine: Machine) -> None:

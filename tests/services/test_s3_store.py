@@ -31,11 +31,12 @@ from minio import Minio
 from minio.error import S3Error
 
 from rma.catalog import SERVICES
+from rma.replication import REPLICA_NAME_VARIABLE
 from rma.services import DRIVERS, seaweedfs
 from rma.services.base import Context, find_binary
 from rma.worker.engines import runnable_engines
 from rma.worker.probe import Probe
-from rma.worker.process import free_port
+from rma.worker.process import choose_port
 from services import test_stores
 from services.test_stores import ROOT, SECRET, Server
 
@@ -61,8 +62,11 @@ def weed_sockets(ports: dict[str, int]) -> set[Path]:
     return {Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock") for name, port in named.items()}
 
 
-def store(folder: Path, secret: str = SECRET, host: str = HOST, port: int | None = None) -> Context:
-    return Context(host, port or free_port(host), folder, secret=secret, engine=seaweedfs.ENGINE)
+def store(folder: Path, secret: str = SECRET, host: str = HOST, port: int | None = None,
+          env: dict[str, str] | None = None) -> Context:
+    """A seaweedfs minio on a port it can use, as the supervisor chooses one."""
+    port = port or choose_port(host, usable=seaweedfs.s3_port_usable)
+    return Context(host, port, folder, secret=secret, engine=seaweedfs.ENGINE, env=env or {})
 
 
 def weed_argv(ctx: Context) -> tuple[str, ...]:
@@ -174,12 +178,45 @@ def test_seaweedfs_keeps_its_ports_and_moves_only_one_that_is_taken(data_dir: Pa
     DRIVERS["minio"].prepare(ctx)
     assert seaweedfs.ports(ctx) == first
     with socket.socket() as holder:
-        holder.bind((HOST, first["filer"]))
+        holder.bind((HOST, first["master"]))
         holder.listen()
         DRIVERS["minio"].prepare(ctx)
         moved = seaweedfs.ports(ctx)
-    assert moved["filer"] != first["filer"] and {k: v for k, v in moved.items() if k != "filer"} == {
-        k: v for k, v in first.items() if k != "filer"}
+    assert moved["master"] != first["master"] and {k: v for k, v in moved.items() if k != "master"} == {
+        k: v for k, v in first.items() if k != "master"}
+    # The filer's are not chosen: a copy's peers find them above its S3 port.
+    assert (first["filer"], first["filer.grpc"]) == (ctx.port + 1, ctx.port + 2)
+
+
+def test_seaweedfs_takes_no_s3_port_weed_would_refuse() -> None:
+    """weed refuses a port anything listens on at any address: the supervisor moves such an S3 port."""
+    port = choose_port(HOST, usable=seaweedfs.s3_port_usable)
+    assert seaweedfs.s3_port_usable(HOST, port) and DRIVERS["minio"].port_usable(HOST, port, seaweedfs.ENGINE)
+    for taken in (port, port + 1, port + 2):
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.3", taken))  # another address: weed checks every one
+            holder.listen()
+            assert not DRIVERS["minio"].port_usable(HOST, port, seaweedfs.ENGINE)
+            assert DRIVERS["minio"].port_usable(HOST, port, "minio")  # MinIO checks only its own address
+            assert choose_port(HOST, port, usable=seaweedfs.s3_port_usable) != port
+
+
+def test_seaweedfs_copies_of_one_store_trust_each_other_and_nobody_else(data_dir: Path) -> None:
+    """The keys and the gRPC certificate come from the store's secret: the same on every copy, and only there."""
+    def material(folder: Path, secret: str, env: dict[str, str] | None = None) -> tuple[str, str, str]:
+        folder.mkdir(parents=True, exist_ok=True)
+        DRIVERS["minio"].prepare(store(folder, secret=secret, env=env))
+        config = folder.resolve() / seaweedfs.CONFIG
+        return ((config / seaweedfs.SECURITY).read_text().replace(str(config), ""),
+                (config / seaweedfs.CERT).read_text(), (config / seaweedfs.KEY).read_text())
+
+    one = material(data_dir, SECRET)
+    assert one == material(data_dir, SECRET)
+    other = material(data_dir, SECRET + "x")
+    assert all(mine != theirs for mine, theirs in zip(one, other, strict=True))
+    assert "[jwt.signing.read]" in one[0]
+    copy = material(data_dir, SECRET, {REPLICA_NAME_VARIABLE: "w1"})
+    assert "[jwt.signing.read]" not in copy[0] and copy[1:] == one[1:]
 
 
 def test_seaweedfs_health_fails_cleanly_with_nothing_listening(data_dir: Path) -> None:

@@ -12,6 +12,7 @@ from rma.catalog import BY_NAME
 from rma.coordinator.record import WorkerRecord, bracket
 from rma.coordinator.secrets import STORE_VARIABLES, NamedStores
 from rma.placement import engine_for
+from rma.replication import ELECTED
 
 # A service's engines in use are read off this many of its replicas: a catalogue service has two engines at most.
 ENGINES_LOOKED_AT = 64
@@ -53,7 +54,9 @@ class Directory:
         """Healthy replicas of a service, least loaded first; a replicated store's primary first, each with its role."""
         replicas = self.routing_table([service])[service]
         if service in self.replicated:
-            primary = self.primaries.get(service)
+            # An engine's election names its primary only once it has elected one; the coordinator names the rest's.
+            elected = BY_NAME[service].replication in ELECTED
+            primary = self.primaries.get(service) if elected else self.primary_of(service)
             for replica in replicas:
                 replica["role"] = "primary" if replica["worker_id"] == primary else "replica"
             replicas.sort(key=lambda r: r["role"] != "primary")

@@ -109,6 +109,10 @@ class ServiceDriver(ABC):
         """What this machine lacks for `engine` beyond its catalogue modules and binaries (a model file)."""
         return None
 
+    def port_usable(self, host: str, port: int, engine: str | None) -> bool:
+        """Whether `engine` can serve on host:port: by default, nothing listens there."""
+        return port_free(host, port)
+
     def prepare(self, ctx: Context) -> None:
         """Create what the service needs before its first start (by default its data dir)."""
         ctx.data_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +190,18 @@ def find_binary(name: str) -> str | None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
+
+
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on host:port now (a port in TIME_WAIT has no owner: servers listen with SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(host: str) -> int:

@@ -4,7 +4,7 @@ The MinIO server, offered only where a real `minio` binary is installed (no pack
 here carries it): the root credentials travel in the environment, which only this user and root
 can read; the startup banner, which would print them, is anonymised; the web console stays off.
 SeaweedFS's `weed mini` (rma.services.seaweedfs) where there is no MinIO: the same access key
-and secret, S3 on the same port.
+and secret, S3 on the same port, and the one of the two that replicates (filer.sync between copies).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ class Minio(ServiceDriver):
     engines = ("minio", seaweedfs.ENGINE)
     engine = engines[0]
     passes = (*LOCATION_VARIABLES, "GOMEMLIMIT")  # both engines are Go programs (see seaweedfs.memory_limit)
+
+    def port_usable(self, host: str, port: int, engine: str | None) -> bool:
+        if engine == seaweedfs.ENGINE:
+            return seaweedfs.s3_port_usable(host, port)
+        return super().port_usable(host, port, engine)
 
     def prepare(self, ctx: Context) -> None:
         secret = require_secret(ctx, self.name)

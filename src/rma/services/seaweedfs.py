@@ -5,16 +5,25 @@ UI off) with a maintenance worker, and the S3 gateway, all on the one address it
 loopback beside it). Only the gateway checks S3 signatures; the others would serve anyone. So every
 start writes, for the server's account only to read:
 - the S3 identity: access key `rma`, the coordinator's secret; anonymous requests are refused;
-- `security.toml` (weed's -config_dir): gRPC demands a certificate made for this start (the S3
-  gateway's gRPC would let anyone add an identity), the volume server's and the filer's HTTP need
-  tokens signed with this start's keys, and the master's HTTP (which deletes buckets) answers
-  this machine only.
-The internal ports are chosen once, kept in the config folder, and moved only when taken.
+- `security.toml` (weed's -config_dir): gRPC demands a certificate, the volume server's and the
+  filer's HTTP need tokens signed with the store's keys, and the master's HTTP (which deletes
+  buckets) answers this machine only. The keys and the certificate are derived from the store's
+  secret, so every copy of the store trusts the others, and nobody without the secret.
+The filer listens one port above S3 and its gRPC two above (a copy's peers find it from the S3
+port discovery names); the other internal ports are chosen once, kept in the config folder, and
+moved only when taken.
+
+On a pool that replicates the store (rma.replication), a copy started beside a primary runs
+`weed filer.sync` between that primary and itself, both ways: every bucket and object either takes
+is copied to the other within about a second. It is asynchronous: what the primary acknowledged in
+the last moment before its machine died reaches the survivor when that machine returns. A returning
+copy starts its own filer.sync with the copy that is primary then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
 import os
@@ -29,8 +38,9 @@ import httpx
 
 from rma import catalog
 from rma.files import write_private
+from rma.replication import PRIMARY_VARIABLE, REPLICA_NAME_VARIABLE
 from rma.services.accounts import STORE_ACCOUNT, as_server, check_reachable, service_account
-from rma.services.base import HEALTH_TIMEOUT_S, Context, Launch, probe_host
+from rma.services.base import HEALTH_TIMEOUT_S, Context, Launch, find_binary, probe_host
 
 if TYPE_CHECKING:
     import minio
@@ -49,11 +59,16 @@ LOG_MB, LOG_FILES = 16, 3  # per severity: weed's defaults (1800 MB, 5) would fi
 # free to choose: its maintenance worker dials the admin HTTP port plus weed's gRPC offset.
 INTERNAL = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc", "admin")
 GRPC_OFFSET = 10000
+# The filer's ports, above the S3 port: what another copy's filer.sync dials.
+FILER_OFFSETS = {"filer": 1, "filer.grpc": 2}
 PORT_TRIES = 50
 HEALTH_BUCKET = "rma-health"  # created by weed at start (-bucket); holds only the probe below
 HEALTH_OBJECT = "probe"
 REGION = "us-east-1"  # given, so the S3 client never asks the server for it
-CERT_DAYS = 3650  # made again on every start: the lifetime only has to outlast one run
+RESYNC_S = 1  # between a filer.sync that ended and the next
+# The gRPC certificate is derived from the store's secret, byte for byte the same on every copy: its dates too.
+CERT_FROM = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+CERT_UNTIL = datetime.datetime(2125, 1, 1, tzinfo=datetime.UTC)
 
 
 def prepare(ctx: Context, user: str, secret: str) -> None:
@@ -75,10 +90,10 @@ def prepare(ctx: Context, user: str, secret: str) -> None:
     identity = {"name": user, "credentials": [{"accessKey": user, "secretKey": secret}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
     write_private(config / IDENTITIES, json.dumps({"identities": [identity]}), owner)
-    cert, key = _grpc_identity()
+    cert, key = _grpc_identity(secret)
     write_private(config / CERT, cert, owner)
     write_private(config / KEY, key, owner)
-    write_private(config / SECURITY, _security(config), owner)
+    write_private(config / SECURITY, _security(config, secret, replicated=replicated(ctx)), owner)
     _settle_ports(ctx)
 
 
@@ -104,13 +119,45 @@ def launch(ctx: Context) -> Launch:
         # In the working folder (-dir), named relative to it: a socket's path may not pass 107 bytes.
         "-filer.localSocket=filer.sock", "-s3.localSocket=s3.sock",
     )
-    return Launch(
-        as_server(argv, service_account(STORE_ACCOUNT), deathsig="SIGTERM"),
-        # Empty: weed would add the worker's own AWS keys, or create buckets S3_BUCKET names.
-        env={"GOMEMLIMIT": memory_limit(ctx.env), "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
-             "S3_BUCKET": "", "S3_TABLE_BUCKET": ""},
-        cwd=data,
-    )
+    # Empty: weed would add the worker's own AWS keys, or create buckets S3_BUCKET names.
+    env = {"GOMEMLIMIT": memory_limit(ctx.env), "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+           "S3_BUCKET": "", "S3_TABLE_BUCKET": ""}
+    primary = ctx.env.get(PRIMARY_VARIABLE, "") if replicated(ctx) else ""
+    companions = (Launch(as_server(_follow(ctx, primary), service_account(STORE_ACCOUNT), deathsig="SIGTERM"),
+                         env=env, cwd=data),) if primary else ()
+    return Launch(as_server(argv, service_account(STORE_ACCOUNT), deathsig="SIGTERM"), env=env, cwd=data,
+                  companions=companions)
+
+
+def replicated(ctx: Context) -> bool:
+    """A copy of a replicated store: the coordinator names every copy (its worker id)."""
+    return bool(ctx.env.get(REPLICA_NAME_VARIABLE))
+
+
+def filer_address(host: str, s3_port: int) -> str:
+    """The filer beside the S3 gateway on host:s3_port, as weed names a server (host:port.grpcPort)."""
+    return f"{host}:{s3_port + FILER_OFFSETS['filer']}.{s3_port + FILER_OFFSETS['filer.grpc']}"
+
+
+def _follow(ctx: Context, primary: str) -> tuple[str, ...]:
+    """`weed filer.sync` between the primary at `primary` (its S3 host:port) and this copy, both ways.
+
+    filer.sync exits when a filer does not answer at its start (this copy's own is still starting, or the
+    primary's machine is gone), so a shell loop starts it again a second later: it resumes from the
+    checkpoints it keeps in the two filers. The health probe's bucket is each copy's own.
+    """
+    host, port = primary.rsplit(":", 1)
+    config = ctx.data_dir.resolve() / CONFIG
+    sync = (find_binary("weed") or "weed", f"-config_dir={config}", f"-logdir={ctx.data_dir.resolve() / FOLDER / LOGS}",
+            f"-log_max_size_mb={LOG_MB}", f"-log_max_files={LOG_FILES}", "filer.sync",
+            f"-a={filer_address(host.strip('[]'), int(port))}", f"-b={filer_address(probe_host(ctx.host), ctx.port)}",
+            f"-a.excludePaths=/buckets/{HEALTH_BUCKET}", f"-b.excludePaths=/buckets/{HEALTH_BUCKET}")
+    return ("sh", "-c", f'while :; do "$@"; sleep {RESYNC_S}; done', "filer.sync", *sync)
+
+
+def s3_port_usable(host: str, port: int) -> bool:
+    """weed refuses an S3 port, or a filer port above it, that anything listens on, on this address or any."""
+    return all(_usable(host, port + offset, "s3", set()) for offset in (0, *FILER_OFFSETS.values()))
 
 
 def _bind_address(host: str) -> str:
@@ -173,9 +220,11 @@ def _settle_ports(ctx: Context) -> None:
         saved = ports(ctx)
     except (OSError, ValueError):
         saved = {}
-    chosen: dict[str, int] = {}
-    avoid = {service.port for service in catalog.SERVICES} | {ctx.port}
+    chosen = {name: ctx.port + offset for name, offset in FILER_OFFSETS.items()}
+    avoid = {service.port for service in catalog.SERVICES} | {ctx.port} | set(chosen.values())
     for name in INTERNAL:
+        if name in chosen:
+            continue
         port = saved.get(name) if isinstance(saved, dict) else None
         if not (isinstance(port, int) and _usable(ctx.host, port, name, avoid | set(chosen.values()))):
             port = _pick(ctx.host, name, avoid | set(chosen.values()))
@@ -213,11 +262,18 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-def _security(folder: Path) -> str:
-    """weed's security.toml: fresh signing keys, and one certificate that is both CA and peer."""
+def _security(folder: Path, secret: str, *, replicated: bool) -> str:
+    """weed's security.toml: signing keys derived from the store's secret, and its one certificate, both CA and peer.
+
+    A replicated copy has no key for volume reads: filer.sync fetches the primary's chunks unsigned (it has
+    no way to sign them), so there a chunk is read by whoever knows its id, whose random cookie only the
+    filer's signed metadata gives away.
+    """
+    sections = ["jwt.signing", "jwt.filer_signing", "jwt.filer_signing.read"]
+    if not replicated:
+        sections.append("jwt.signing.read")
     tables: dict[str, dict[str, str]] = {
-        section: {"key": secrets.token_urlsafe(32)}
-        for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+        section: {"key": base64.urlsafe_b64encode(_derived(secret, section)).decode()} for section in sections
     }
     tables["grpc"] = {"ca": str(folder / CERT)}
     for component in ("master", "volume", "filer", "s3", "admin", "worker", "client"):
@@ -226,24 +282,34 @@ def _security(folder: Path) -> str:
                    for section, values in tables.items())
 
 
-def _grpc_identity() -> tuple[str, str]:
-    """A self-signed P-256 certificate for server and client use, as PEM (certificate, key)."""
+def _derived(secret: str, purpose: str) -> bytes:
+    """32 bytes for `purpose`, from the store's secret (HKDF-SHA256): the same on every copy, unguessable without it."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(hashes.SHA256(), 32, salt=None, info=f"rma-seaweedfs {purpose}".encode()).derive(secret.encode())
+
+
+def _grpc_identity(secret: str) -> tuple[str, str]:
+    """An Ed25519 certificate for server and client use, as PEM (certificate, key), derived from the secret.
+
+    Ed25519 signs deterministically, so every copy makes the same certificate: each trusts the others.
+    """
     from cryptography import x509  # the storage extra's, as minio is
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(_derived(secret, "grpc key"))
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rma-seaweedfs")])
-    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+        .serial_number(int.from_bytes(_derived(secret, "grpc serial")[:16], "big") | 1)
+        .not_valid_before(CERT_FROM).not_valid_after(CERT_UNTIL)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                        critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(key, None)
     )
     pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())

@@ -12,14 +12,13 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import psutil
 
-from rma.services.base import free_port
+from rma.services.base import free_port, port_free
 
 PR_SET_PDEATHSIG = 1
 
@@ -82,20 +81,16 @@ def reap_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+PORT_TRIES = 50
 
 
-def choose_port(host: str, *preferred: int | None) -> int:
-    """The first preferred port that is free on `host`, else one the OS picks."""
+def choose_port(host: str, *preferred: int | None, usable: Callable[[str, int], bool] = port_free) -> int:
+    """The first preferred port that is usable on `host`, else one the OS picks that is."""
     for port in preferred:
-        if port and port_free(host, port):
+        if port and usable(host, port):
             return port
-    return free_port(host)
+    for _ in range(PORT_TRIES):
+        port = free_port(host)
+        if usable(host, port):
+            return port
+    raise OSError(f"no usable port on {host} after {PORT_TRIES} tries")

@@ -135,7 +135,8 @@ class Supervisor:
     async def _run_once(self) -> tuple[str, bool]:
         """Start the service and watch it until it dies, goes bad, or we are stopped."""
         where = self.placement
-        port = choose_port(where.host, self._port, where.port)
+        port = choose_port(where.host, self._port, where.port,
+                           usable=lambda host, each: self.driver.port_usable(host, each, where.engine))
         if self._port and port != self._port:
             log.warning("%s: port %d is taken now, moving to %d", self.name, self._port, port)
         elif port != where.port:

@@ -85,7 +85,7 @@ def primary_dies(folder: Path, machines: int) -> dict[str, float]:
             pool.settled(STORE_COPIES)
             recreated = time.monotonic() - killed_at
         writer.stop()
-        resumed = writer.first_commit_after(killed_at) or float("nan")
+        resumed = writer.first_commit_after(killed_at, primary) or float("nan")
         return {"resumed_s": resumed, "recreated_s": recreated, "lost": len(lost(pool, writer.acknowledged)),
                 "acknowledged": len(writer.acknowledged), "lag_p50": statistics.median(lags) if lags else 0,
                 "lag_max": max(lags, default=0)}
@@ -126,7 +126,7 @@ def redis_primary_dies(folder: Path) -> dict[str, float]:
         killed_at = pool.machines[primary].kill9()
         wait_until(lambda: writer.commits_after(killed_at) > 5, 60, what="writes on the promoted copy")
         writer.stop()
-        return {"resumed_s": writer.first_commit_after(killed_at) or float("nan"),
+        return {"resumed_s": writer.first_commit_after(killed_at, primary) or float("nan"),
                 "lost": len(redis_lost(pool, writer.acknowledged)), "acknowledged": len(writer.acknowledged)}
 
 
@@ -166,7 +166,7 @@ def s3_primary_dies(folder: Path) -> dict[str, float]:
         deadline = time.monotonic() + 30
         while (missing := len(s3_missing(pool, writer.acknowledged))) and time.monotonic() < deadline:
             time.sleep(0.5)
-        return {"resumed_s": writer.first_commit_after(killed_at) or float("nan"), "window": window,
+        return {"resumed_s": writer.first_commit_after(killed_at, primary) or float("nan"), "window": window,
                 "lost": missing, "acknowledged": len(writer.acknowledged), "lag_p50": statistics.median(lags),
                 "lag_max": max(lags)}
 

@@ -2,13 +2,15 @@
 
 A pool on a real etcd: one coordinator and storage workers on their own loopback addresses (127.0.0.2, …),
 each a real `rma worker`. A `Writer` commits rows continuously through discovery: it asks the coordinator
-where postgres's primary is, commits there, and asks again after a failure, as an application would. A
-machine's death is `kill -9` of its worker and every engine process it started, Patroni's postmaster too.
+where postgres's primary is, commits there, and asks again after a failure, as an application would;
+`RedisWriter` and `S3Writer` do the same with redis keys and S3 objects. A machine's death is `kill -9` of
+its worker and every engine process it started, Patroni's postmaster too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import shutil
 import signal
@@ -18,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -141,46 +143,62 @@ def _recommended(discovered: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Writer:
-    """Commits one row at a time through discovery, and keeps what was acknowledged and when."""
+    """Commits one row at a time to postgres through discovery, and keeps what was acknowledged and when.
+
+    The loop is every writer's: find the primary through discovery, write there, and after a failure ask again.
+    A subclass says how to reach its store (`_open`) and write one item (`_write`)."""
 
     pool: StorePool
     acknowledged: list[int] = field(default_factory=list)
-    commit_times: list[float] = field(default_factory=list)  # monotonic, one per acknowledged row
+    commit_times: list[float] = field(default_factory=list)  # monotonic, one per item written
+    written_on: list[str] = field(default_factory=list)  # the worker each of those went to
     failures: int = 0
     stopped_at: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    service: ClassVar[str] = "postgres"
+    errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
 
     def start(self) -> None:
         with connect(self.pool.discover()) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS letters (id bigint PRIMARY KEY, body text)")
+        self._start()
+
+    def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _open(self, discovered: dict[str, Any]) -> Any:
+        return connect(discovered)
+
+    def _write(self, client: Any, item: int) -> Written:
+        try:
+            client.execute("INSERT INTO letters VALUES (%s, %s)", (item, "Dear Ms Patel, £412.50 owed"))
+        except psycopg.errors.UniqueViolation:
+            return Written.UNCOUNTED  # committed, but its acknowledgement died with the old primary
+        return Written.ACKNOWLEDGED
+
     def _run(self) -> None:
-        next_id = 1
-        conn: psycopg.Connection[Any] | None = None
+        item, client, target = 1, None, ""
         while not self._stop.is_set():
             try:
-                if conn is None:
-                    conn = connect(self.pool.discover())
-                conn.execute("INSERT INTO letters VALUES (%s, %s)", (next_id, "Dear Ms Patel, £412.50 owed"))
-            except psycopg.errors.UniqueViolation:
-                next_id += 1  # committed, but its acknowledgement died with the old primary: not counted
-                continue
-            except (psycopg.Error, httpx.HTTPError, OSError, ValueError, KeyError, StopIteration):
+                if client is None:
+                    discovered = self.pool.discover(self.service)
+                    client, target = self._open(discovered), discovered["recommended"]
+                written = self._write(client, item)
+            except (*self.errors, httpx.HTTPError, OSError, ValueError, KeyError, StopIteration):
                 self.failures += 1
-                if conn is not None:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.close()
-                conn = None
+                _close(client)
+                client = None
                 time.sleep(0.05)
                 continue
-            self.acknowledged.append(next_id)
-            self.commit_times.append(time.monotonic())
-            next_id += 1
-        if conn is not None:
-            conn.close()
+            if written is Written.ACKNOWLEDGED:
+                self.acknowledged.append(item)
+            if written is not Written.UNCOUNTED:
+                self.commit_times.append(time.monotonic())
+                self.written_on.append(target)
+            item += 1
+        _close(client)
 
     def stop(self) -> None:
         self.stopped_at = time.monotonic()
@@ -191,9 +209,11 @@ class Writer:
     def commits_after(self, moment: float) -> int:
         return sum(t > moment for t in self.commit_times)
 
-    def first_commit_after(self, moment: float) -> float | None:
-        """Seconds from `moment` to the first commit acknowledged after it."""
-        later = [t for t in self.commit_times if t > moment]
+    def first_commit_after(self, moment: float, elsewhere_than: str | None = None) -> float | None:
+        """Seconds from `moment` to the first commit acknowledged after it (by another worker than
+        `elsewhere_than`: one the killed machine answered just before it died does not count)."""
+        later = [t for t, on in zip(self.commit_times, self.written_on, strict=True)
+                 if t > moment and on != elsewhere_than]
         return later[0] - moment if later else None
 
     def longest_stall_after(self, moment: float) -> float:
@@ -203,59 +223,55 @@ class Writer:
         return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 
+class Written(enum.Enum):
+    """What became of one write."""
+
+    ACKNOWLEDGED = "acknowledged"  # durable as the store promises it
+    WRITTEN = "written"  # taken by the primary only (redis before a replica has it)
+    UNCOUNTED = "uncounted"  # taken, but the writer never heard so: neither timed nor counted
+
+
+def _close(client: Any) -> None:
+    """Close a postgres connection (redis's and S3's clients hold nothing to close)."""
+    if isinstance(client, psycopg.Connection):
+        with contextlib.suppress(psycopg.Error):
+            client.close()
+
+
 class RedisWriter(Writer):
     """SETs one key at a time through discovery; a write counts as acknowledged once `WAIT` says a replica has
     it (the durability redis offers), and as written (`commit_times`) once the primary took it."""
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    service = "redis"
+    errors = (redis.RedisError,)
 
-    def _run(self) -> None:
-        next_id = 1
-        client: redis.Redis | None = None
-        while not self._stop.is_set():
-            try:
-                if client is None:
-                    client = redis_client(self.pool.discover("redis"))
-                client.set(f"letter:{next_id}", "Dear Ms Patel, £412.50 owed")
-                replicas = client.wait(1, WAIT_MS)
-            except (redis.RedisError, httpx.HTTPError, OSError, ValueError, KeyError, StopIteration):
-                self.failures += 1
-                client = None
-                time.sleep(0.05)
-                continue
-            if replicas >= 1:
-                self.acknowledged.append(next_id)
-            self.commit_times.append(time.monotonic())
-            next_id += 1
+    def start(self) -> None:
+        self._start()
+
+    def _open(self, discovered: dict[str, Any]) -> redis.Redis:
+        return redis_client(discovered)
+
+    def _write(self, client: Any, item: int) -> Written:
+        client.set(f"letter:{item}", "Dear Ms Patel, £412.50 owed")
+        return Written.ACKNOWLEDGED if client.wait(1, WAIT_MS) >= 1 else Written.WRITTEN
 
 
 class S3Writer(Writer):
     """PUTs one object at a time through discovery; an object counts as acknowledged once its PUT returned 200."""
 
+    service = "minio"
+    errors = (MinioException, urllib3.exceptions.HTTPError)
+
     def start(self) -> None:
         s3_client(self.pool.discover("minio")).make_bucket(BUCKET)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._start()
 
-    def _run(self) -> None:
-        next_id = 1
-        client: minio.Minio | None = None
-        while not self._stop.is_set():
-            try:
-                if client is None:
-                    client = s3_client(self.pool.discover("minio"))
-                client.put_object(BUCKET, f"letter-{next_id}", io.BytesIO(LETTER), len(LETTER))
-            except (MinioException, urllib3.exceptions.HTTPError, httpx.HTTPError, OSError, ValueError,
-                    KeyError, StopIteration):
-                self.failures += 1
-                client = None
-                time.sleep(0.05)
-                continue
-            self.acknowledged.append(next_id)
-            self.commit_times.append(time.monotonic())
-            next_id += 1
+    def _open(self, discovered: dict[str, Any]) -> minio.Minio:
+        return s3_client(discovered)
+
+    def _write(self, client: Any, item: int) -> Written:
+        client.put_object(BUCKET, f"letter-{item}", io.BytesIO(LETTER), len(LETTER))
+        return Written.ACKNOWLEDGED
 
 
 def s3_client(discovered: dict[str, Any], worker_id: str | None = None) -> minio.Minio:

@@ -39,7 +39,7 @@ def kill_and_resume(pool: StorePool, writer: Writer, victim: str) -> float:
     assert writer.acknowledged, "nothing was written before the kill"
     killed_at = pool.machines[victim].kill9()
     wait_until(lambda: writer.commits_after(killed_at) > 20, RESUMED_WITHIN_S + 10, what="commits after the kill")
-    resumed = writer.first_commit_after(killed_at)
+    resumed = writer.first_commit_after(killed_at, victim)
     assert resumed is not None
     return resumed
 
@@ -125,7 +125,7 @@ def test_kill_9_of_the_redis_primary_machine_promotes_its_replica_and_it_returns
             assert writer.acknowledged, "no write reached the replica before the kill"
             killed_at = pool.machines[primary].kill9()
             wait_until(lambda: writer.commits_after(killed_at) > 5, RESUMED_WITHIN_S, what="writes after the kill")
-            resumed = writer.first_commit_after(killed_at)
+            resumed = writer.first_commit_after(killed_at, primary)
         finally:
             writer.stop()
         assert resumed is not None and resumed <= RESUMED_WITHIN_S
@@ -176,7 +176,7 @@ def test_kill_9_of_the_s3_primary_machine_keeps_objects_and_writes_going_and_it_
                        what="objects copied to the replica")
             killed_at = pool.machines[primary].kill9()
             wait_until(lambda: writer.commits_after(killed_at) > 20, RESUMED_WITHIN_S + 10, what="PUTs after the kill")
-            resumed = writer.first_commit_after(killed_at)
+            resumed = writer.first_commit_after(killed_at, primary)
         finally:
             writer.stop()
         assert resumed is not None and resumed <= RESUMED_WITHIN_S, f"PUTs resumed {resumed}s after the kill"

@@ -355,8 +355,9 @@ def rows_on(pool: StorePool, worker_id: str) -> int:
 
 
 @contextlib.contextmanager
-def store_pool(folder: Path, machines: int) -> Iterator[StorePool]:
-    """etcd, a coordinator on it and `machines` storage workers (127.0.0.2, …); everything stopped afterwards.
+def store_pool(folder: Path, machines: int, coordinator_env: dict[str, str] | None = None) -> Iterator[StorePool]:
+    """etcd, a coordinator on it (with `coordinator_env` besides the store) and `machines` storage workers
+    (127.0.0.2, …); everything stopped afterwards.
 
     Data dirs live where the `postgres` account a root worker runs the server as can reach them."""
     root = Path(tempfile.mkdtemp(prefix="rma-failover-"))
@@ -364,7 +365,8 @@ def store_pool(folder: Path, machines: int) -> Iterator[StorePool]:
     started: list[Machine] = []
     try:
         with etcd_cluster(folder / "etcd", 1) as cluster:
-            coordinator, url = start_coordinator(folder, None, INTERVAL, {"RMA_STORE_URL": cluster.url})
+            coordinator, url = start_coordinator(folder, None, INTERVAL,
+                                                 {"RMA_STORE_URL": cluster.url, **(coordinator_env or {})})
             try:
                 for index in range(machines):
                     name = f"s{index + 1}"

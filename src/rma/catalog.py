@@ -73,6 +73,8 @@ class Service:
     calls: tuple[str, ...] = ()
     # A store whose engine replicates it across machines (on a pool with a shared store): how, in a word.
     replication: str = ""
+    # A store that cannot replicate, whose holder copies snapshots to the pool's S3 there instead (chromadb).
+    snapshots: bool = False
 
     def health_of(self, engine: str | None) -> HealthCheck:
         """How a replica run by `engine` is checked from outside (None or unknown: the service's check)."""
@@ -151,6 +153,7 @@ SERVICES: tuple[Service, ...] = (
         "chromadb", 3, Kind.STORAGE, 1, 8000,
         (Engine("chroma", binaries=("chroma",), ram_mb=512),),
         HealthCheck("http", "/api/v2/heartbeat"), stateful=True, target_replicas=1, reached_by=STORE_CALLERS,
+        snapshots=True,
     ),
     Service(
         "redis", 3, Kind.STORAGE, 2, 6379,
@@ -193,6 +196,7 @@ BY_NAME: dict[str, Service] = {service.name: service for service in SERVICES}
 ALIASES: dict[str, str] = {service.alias: service.name for service in SERVICES if service.alias}
 PUBLIC: frozenset[str] = frozenset(service.name for service in SERVICES if service.public)
 REPLICATED: frozenset[str] = frozenset(service.name for service in SERVICES if service.replication)
+SNAPSHOTTED: frozenset[str] = frozenset(service.name for service in SERVICES if service.snapshots)
 ENGINE_NAMES: frozenset[str] = frozenset(e.name for s in SERVICES for e in s.engines)
 # Each service another calls → the services that call it (vision-ocr → document-processing).
 CALLERS: dict[str, frozenset[str]] = {

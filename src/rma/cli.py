@@ -53,6 +53,12 @@ def coordinator(
     mesh_certificate_hours: float = typer.Option(24.0, envvar="RMA_MESH_CERT_HOURS", min=0.01,
                                                  help="A worker's mesh certificate lasts this long, renewed over "
                                                       "heartbeats at half of it."),
+    snapshot_interval: float = typer.Option(300.0, envvar="RMA_SNAPSHOT_INTERVAL_S", min=1.0,
+                                            help="Where stores replicate: seconds between the snapshots chromadb's "
+                                                 "holder copies to the pool's S3."),
+    restore_grace: float = typer.Option(300.0, envvar="RMA_RESTORE_GRACE_S", min=0.0,
+                                        help="Seconds chromadb waits for a vanished holder before another worker "
+                                             "restores its newest snapshot (what was written since is lost)."),
 ) -> None:
     """Run the coordinator: worker registry, gap-filling placement, health timers."""
     from rma.coordinator.auth import parse_networks
@@ -77,7 +83,8 @@ def coordinator(
                               heartbeat_interval=heartbeat_interval,
                               grace_intervals=grace_intervals, join_token=join_token or None,
                               admin_token=admin_token or None, api_keys=_keys(api_keys), store_keys=_keys(store_keys),
-                              vouched_networks=vouched, mesh=mesh), front_settings(tls_cert, tls_key))
+                              vouched_networks=vouched, mesh=mesh, snapshot_interval=snapshot_interval,
+                              restore_grace=restore_grace), front_settings(tls_cert, tls_key))
 
 
 def _keys(value: str) -> tuple[str, ...]:

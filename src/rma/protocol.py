@@ -144,6 +144,8 @@ class ServiceStatus(Tolerant):
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     restarts: Count = 0
     message: str = Field("", max_length=500)
+    # Unix time of the newest snapshot the service copied off the machine (a store without replication).
+    snapshot_at: Annotated[float, Field(ge=0, le=1e11)] | None = None
 
 
 class MeshState(Tolerant):

@@ -12,9 +12,17 @@ coordinator asks its own Sentinel which copy is primary.
 
 S3 (SeaweedFS) replicates with `weed filer.sync`, both ways between a copy and the primary it started beside.
 SeaweedFS elects nothing: the coordinator names the primary (the copy named longest, while it serves).
+
+chromadb cannot replicate (Chroma 1.x does so only in its Kubernetes distribution): its holder copies a
+consistent snapshot to the pool's S3 every interval, with an S3 identity that reaches that one bucket, and a
+new holder restores the newest. The coordinator waits a grace for a vanished holder before it places the store
+elsewhere, and the gap report says how old the newest snapshot is.
 """
 
 from __future__ import annotations
+
+import hashlib
+import hmac
 
 # The replication (catalog.Service.replication) of stores whose engine elects the primary; the coordinator
 # names the others'.
@@ -38,3 +46,15 @@ SENTINEL_DOWN_AFTER_MS = 1000
 # about one try in two: it reads a replica's INFO only every 10 s until the primary is down) and tries again
 # 2 x this later, by when it reads it every second.
 SENTINEL_FAILOVER_TIMEOUT_MS = 2000
+
+SNAPSHOT_BUCKET = "rma-snapshots"
+SNAPSHOT_USER = "rma-snapshots"  # the S3 access key that may use SNAPSHOT_BUCKET and nothing else
+SNAPSHOT_KEY_VARIABLE = "RMA_SNAPSHOT_KEY"  # its secret, in the service config of chromadb only
+SNAPSHOT_INTERVAL_VARIABLE = "RMA_SNAPSHOT_INTERVAL_S"  # seconds between snapshots (the coordinator's setting)
+RESTORE_GRACE_VARIABLE = "RMA_RESTORE_GRACE_S"  # how long a vanished holder is waited for before a restore
+
+
+def snapshot_key(s3_secret: str) -> str:
+    """The snapshot identity's secret, derived from S3's: the S3 store and the coordinator compute it alike,
+    and it gives away nothing of S3's own secret."""
+    return hmac.new(s3_secret.encode(), SNAPSHOT_USER.encode(), hashlib.sha256).hexdigest()

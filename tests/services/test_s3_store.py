@@ -31,7 +31,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from rma.catalog import SERVICES
-from rma.replication import REPLICA_NAME_VARIABLE
+from rma.replication import PRIMARY_VARIABLE, REPLICA_NAME_VARIABLE
 from rma.services import DRIVERS, seaweedfs
 from rma.services.base import Context, find_binary
 from rma.worker.engines import runnable_engines
@@ -199,6 +199,20 @@ def test_seaweedfs_takes_no_s3_port_weed_would_refuse() -> None:
             assert not DRIVERS["minio"].port_usable(HOST, port, seaweedfs.ENGINE)
             assert DRIVERS["minio"].port_usable(HOST, port, "minio")  # MinIO checks only its own address
             assert choose_port(HOST, port, usable=seaweedfs.s3_port_usable) != port
+
+
+def test_a_copy_started_beside_a_primary_syncs_with_its_filer_and_only_then(data_dir: Path) -> None:
+    """filer.sync runs beside a copy the coordinator gave a primary, dialling the filer above that primary's S3 port."""
+    alone = store(data_dir, env={REPLICA_NAME_VARIABLE: "s1"})
+    DRIVERS["minio"].prepare(alone)
+    assert DRIVERS["minio"].launch(alone).companions == ()
+    copy = store(data_dir, env={REPLICA_NAME_VARIABLE: "s2", PRIMARY_VARIABLE: "127.0.0.3:9000"})
+    DRIVERS["minio"].prepare(copy)
+    [sync] = DRIVERS["minio"].launch(copy).companions
+    assert "filer.sync" in sync.argv and "-a=127.0.0.3:9001.9002" in sync.argv
+    assert f"-b={HOST}:{copy.port + 1}.{copy.port + 2}" in sync.argv
+    unreplicated = store(data_dir, env={PRIMARY_VARIABLE: "127.0.0.3:9000"})  # a pool that does not replicate
+    assert DRIVERS["minio"].launch(unreplicated).companions == ()
 
 
 def test_seaweedfs_copies_of_one_store_trust_each_other_and_nobody_else(data_dir: Path) -> None:

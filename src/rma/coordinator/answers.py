@@ -10,18 +10,26 @@ from rma.coordinator.mesh import MeshAuthority
 from rma.coordinator.record import WorkerRecord
 from rma.coordinator.registry import Registry
 from rma.placement import engine_for
-from rma.replication import PRIMARY_VARIABLE, REPLICA_NAME_VARIABLE, STORE_URL_VARIABLE
+from rma.replication import (
+    PRIMARY_VARIABLE,
+    REPLICA_NAME_VARIABLE,
+    SNAPSHOT_INTERVAL_VARIABLE,
+    SNAPSHOT_KEY_VARIABLE,
+    STORE_URL_VARIABLE,
+    snapshot_key,
+)
 
 
 class Answers:
     def __init__(self, registry: Registry, heartbeat_interval: float, mesh: MeshAuthority | None = None,
-                 store_url: str | None = None) -> None:
+                 store_url: str | None = None, snapshot_interval: float = 300.0) -> None:
         self.registry = registry
         self.heartbeat_interval = heartbeat_interval
         self.mesh = mesh
         # A coordinator replica's service config, and a replicated store's: the store to share (an address, never
         # a credential), where the store's engine elects its primary too.
         self.replica_env = {STORE_URL_VARIABLE: store_url} if store_url else {}
+        self.snapshot_interval = snapshot_interval
         self._coordinators: tuple[int, tuple[str, ...]] = (-1, ())  # (registry generation, replica URLs)
         # worker id → ((token hash, assignment, store addresses, mesh version) it was built for, encoded answer)
         self._encoded: dict[str, tuple[tuple[object, ...], bytes]] = {}
@@ -53,6 +61,10 @@ class Answers:
         """What one service's config adds: a coordinator replica's store, a replicated store's store and member name."""
         if service == "coordinator":
             return self.replica_env
+        if service in self.registry.snapshotted:  # where to copy its snapshots: its own bucket of the pool's S3
+            s3_secret = self.registry.secrets.secret_for("minio")
+            return {SNAPSHOT_KEY_VARIABLE: snapshot_key(s3_secret),
+                    SNAPSHOT_INTERVAL_VARIABLE: f"{self.snapshot_interval:g}"} if s3_secret else {}
         if service not in self.registry.replicated:
             return {}
         env = self.replica_env | {REPLICA_NAME_VARIABLE: worker_id}

@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from rma import catalog
 from rma.body_limit import BodyLimit
-from rma.catalog import REPLICATED
+from rma.catalog import REPLICATED, SNAPSHOTTED
 from rma.coordinator.answers import Answers
 from rma.coordinator.etcd import EtcdError
 from rma.coordinator.history import History, WorkerFigures
@@ -128,11 +128,15 @@ def create_app(settings: CoordinatorSettings, gateway: GatewaySettings | None = 
     withheld = LONE_REGISTRY if not store.shared else ONE_MESH_CA if settings.mesh is not None else {}
     # A store's engine elects its primary in the shared store, which its replicas reach off the mesh only.
     replicated = REPLICATED if store.shared and settings.mesh is None else frozenset()
+    # A store that cannot replicate keeps snapshots in S3 where S3 replicates.
+    snapshotted = SNAPSHOTTED if "minio" in replicated else frozenset()
     registry = Registry(store, settings.heartbeat_interval, settings.grace_intervals, settings.failure_cooldown,
-                        withheld=withheld, replicated=replicated)
+                        withheld=withheld, replicated=replicated, snapshotted=snapshotted,
+                        restore_grace=settings.restore_grace)
     mesh = None if settings.mesh is None else MeshAuthority(settings.mesh, settings.data_dir / "mesh-ca", store,
                                                              registry.clock)
-    answers = Answers(registry, settings.heartbeat_interval, mesh, settings.store_url if store.shared else None)
+    answers = Answers(registry, settings.heartbeat_interval, mesh, settings.store_url if store.shared else None,
+                      settings.snapshot_interval)
     state = CoordinatorState(settings, registry, Metrics(registry), answers, Watchers(registry, answers.encoded),
                              History(), mesh)
 

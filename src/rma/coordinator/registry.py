@@ -18,6 +18,7 @@ from typing import Any
 
 from rma.catalog import BY_NAME, Kind
 from rma.coordinator.directory import Directory
+from rma.coordinator.holder_grace import HolderGrace
 from rma.coordinator.record import WorkerRecord, hash_token, seed_state, worker_kind
 from rma.coordinator.secrets import NamedStores, SecretBook
 from rma.coordinator.store import Change, Store, StoredWorker
@@ -58,10 +59,13 @@ class Event:
 class Registry(Directory):
     def __init__(self, store: Store, heartbeat_interval: float, grace_intervals: float = 3,
                  failure_cooldown: float = 300, clock: Callable[[], float] = time.time,
-                 withheld: Mapping[str, str] | None = None, replicated: frozenset[str] = frozenset()) -> None:
+                 withheld: Mapping[str, str] | None = None, replicated: frozenset[str] = frozenset(),
+                 snapshotted: frozenset[str] = frozenset(), restore_grace: float = 300) -> None:
         self.store = store
         self.withheld = dict(withheld or {})  # services this pool offers no worker → why (the gap report's reason)
         self.replicated = replicated  # stores whose engine keeps a copy on several workers here
+        self.snapshotted = snapshotted  # stores whose holder copies snapshots to the pool's S3 instead
+        self.holder_grace = HolderGrace(snapshotted, restore_grace)
         self.primaries: dict[str, str] = {}  # replicated store → the worker its engine elected primary
         self.heartbeat_interval = heartbeat_interval
         self.grace = heartbeat_interval * grace_intervals
@@ -155,7 +159,7 @@ class Registry(Directory):
         if record.planned_generation == self.generation and not record.failed_at:
             return False
         now = self.clock()
-        plan = desire(record.view(now, self.failure_cooldown), Pool(self.counts, self.withheld, self.replicated))
+        plan = desire(record.view(now, self.failure_cooldown), Pool(self.counts, self._withheld(now), self.replicated))
         if plan.services != record.assigned:
             before = record.assigned, record.holds_data
             record.assigned = plan.services
@@ -257,6 +261,7 @@ class Registry(Directory):
         self._recount(record, persist=False)
         self._event("rejoined" if existing else "joined", worker_id, f"{record.kind} at {host}")
         holds_data = record.holds_data
+        self._holder_back(worker_id)
         self._replan(record, persist=False)
         try:
             kept = self.store.save(self._stored(record))
@@ -279,6 +284,7 @@ class Registry(Directory):
         }
         if not record.healthy:
             self._event("returned", record.worker_id)
+            self._holder_back(record.worker_id)
         if not record.held_here:  # it beat to another coordinator on the store until now (which went away)
             record.held_here, record.persisted_state = True, None
         record.healthy = True
@@ -343,6 +349,7 @@ class Registry(Directory):
         record = self.get(worker_id)
         record.healthy = False
         self._recount(record)
+        self._holder_went(record, self.clock())
         del self.workers[worker_id]
         self.store.delete(worker_id)
         self._event("left", worker_id)
@@ -426,17 +433,24 @@ class Registry(Directory):
                 why = "its watch stream dropped" if dropped and not silent else "it went silent"
                 self._event("down", record.worker_id, f"{why}; last beat {now - record.last_seen:.1f}s ago")
         for record in downed:
-            self._heal(record)
+            self._holder_went(record, now)
+        for record in downed:
+            self._heal(record.assigned)
+        if expired := self.holder_grace.expired(now):
+            for service, holder in expired.items():
+                self._give_up_on(holder, service)
+            self._heal(tuple(expired))
         return [r.worker_id for r in downed]
 
-    def _heal(self, down: WorkerRecord) -> None:
-        """Replan survivors that could run the down worker's services now, not at their next beat.
+    def _heal(self, services: tuple[str, ...]) -> None:
+        """Replan survivors that could run a down worker's services (or stores a grace held back) now, not at
+        their next beat.
 
         Bounded: it stops once every orphaned service is assigned again, and considers at most
         HEAL_CANDIDATES of the first HEAL_LOOKED_AT workers, so however large the pool, and
         whether or not anyone can take the orphans, a death never stalls the coordinator.
         """
-        orphaned = {s for s in down.assigned if self.counts[("assigned", s)] == 0}
+        orphaned = {s for s in services if self.counts[("assigned", s)] == 0}
         considered = 0
         now = self.clock()
         for record in itertools.islice(self.workers.values(), HEAL_LOOKED_AT):
@@ -476,7 +490,36 @@ class Registry(Directory):
         return matches and record is not None
 
     def pool(self) -> Pool:
-        return Pool(Counter(self.counts), self.withheld, self.replicated)
+        return Pool(Counter(self.counts), self._withheld(self.clock()), self.replicated)
+
+    def _withheld(self, now: float) -> Mapping[str, str]:
+        """What no worker is given: what the pool does not offer, and stores waiting for their holder."""
+        waiting = self.holder_grace.withheld(now)
+        return self.withheld | waiting if waiting else self.withheld
+
+    def _holder_went(self, record: WorkerRecord, now: float) -> None:
+        if self.holder_grace.went(record.worker_id, record.assigned, now):
+            self.generation += 1
+
+    def _give_up_on(self, holder: str, service: str) -> None:
+        """`holder` stayed away past the grace: `service` is placed elsewhere, and no longer assigned to it (back
+        late, its copy would serve beside the restored one)."""
+        record = self.workers.get(holder)
+        if record is not None:
+            record.assigned = tuple(s for s in record.assigned if s != service)
+            self._recount(record)
+        self.generation += 1
+        self._event("restore", holder, f"{service}: its holder stayed away; placed elsewhere, from its snapshot")
+
+    def _holder_back(self, worker_id: str) -> None:
+        if self.holder_grace.returned(worker_id):
+            self.generation += 1
+
+    def snapshot_at(self, service: str) -> float | None:
+        """When the newest snapshot of a snapshotted store was copied off, as any worker last reported it."""
+        reported = [status.snapshot_at for record in self.workers.values()
+                    if (status := record.services_status.get(service)) is not None and status.snapshot_at]
+        return max(reported, default=None)
 
     def views(self) -> list[WorkerState]:
         now = self.clock()

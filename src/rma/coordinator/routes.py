@@ -26,6 +26,7 @@ from rma.coordinator.auth import (
 )
 from rma.coordinator.mesh import MeshAuthority
 from rma.coordinator.record import WorkerRecord, url_host, worker_kind
+from rma.coordinator.registry import Registry
 from rma.coordinator.router_report import ReportBody
 from rma.coordinator.secrets import CONNECTION_URLS
 from rma.coordinator.state import CoordinatorState
@@ -259,9 +260,10 @@ async def admin_workers(request: Request) -> dict[str, Any]:
 async def admin_gaps(request: Request) -> dict[str, Any]:
     state = _admin(request)
     registry = state.registry
+    now = registry.clock()
     gaps = [dataclasses.asdict(g) | {"short_reason": short_reason(g.reason),
                                      "engines": registry.engines_serving(g.service)}
-            for g in gap_report(registry.views(), registry.pool())]
+            | _snapshot_age(registry, g.service, now) for g in gap_report(registry.views(), registry.pool())]
     critical = [g for g in gaps if g["status"] == "critical"]
     warnings = [g for g in gaps if g["status"] == "warning"]
     return {
@@ -269,6 +271,14 @@ async def admin_gaps(request: Request) -> dict[str, Any]:
         "summary": {"total_services": len(gaps), "covered": len(gaps) - len(critical),
                     "needs_attention": len(critical) + len(warnings)},
     }
+
+
+def _snapshot_age(registry: Registry, service: str, now: float) -> dict[str, float | None]:
+    """A snapshotted store's `snapshot_age_s`: seconds since its newest snapshot was taken (None: there is none)."""
+    if service not in registry.snapshotted:
+        return {}
+    taken = registry.snapshot_at(service)
+    return {"snapshot_age_s": None if taken is None else round(max(0.0, now - taken), 1)}
 
 
 @router.get("/api/admin/services")

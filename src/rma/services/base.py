@@ -113,6 +113,15 @@ class ServiceDriver(ABC):
         """Whether `engine` can serve on host:port: by default, nothing listens there."""
         return port_free(host, port)
 
+    def reconfigure(self, data_dir: Path, env: Mapping[str, str]) -> None:
+        """The service's config changed while it runs (a store it uses moved): by default nothing changes until
+        its next start; a driver whose companion follows the change writes what it needs under `data_dir`."""
+        return None
+
+    def snapshot_at(self, data_dir: Path) -> float | None:
+        """When the newest snapshot of this store was copied off the machine (chromadb's); None: none is."""
+        return None
+
     def prepare(self, ctx: Context) -> None:
         """Create what the service needs before its first start (by default its data dir)."""
         ctx.data_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rma.front.settings import FRONT_DOOR_VARIABLES
+from rma.replication import RESTORE_GRACE_VARIABLE, SNAPSHOT_INTERVAL_VARIABLE
 from rma.services.base import Context, Launch, ServiceDriver
 from rma.services.edge_proxy import GATEWAY_VARIABLES
 
@@ -16,7 +17,8 @@ class Coordinator(ServiceDriver):
     # and guards its own /service as the edge proxy does.
     # RMA_STORE_URL comes in its service config: the pool's shared store, where it finds the pool as it is.
     passes = ("RMA_JOIN_TOKEN", "RMA_ADMIN_TOKEN", "RMA_STORE_KEYS", "RMA_VOUCHED_NETWORKS",
-              "HEARTBEAT_GRACE_INTERVALS", "RMA_STORE_URL", *GATEWAY_VARIABLES, *FRONT_DOOR_VARIABLES)
+              "HEARTBEAT_GRACE_INTERVALS", "RMA_STORE_URL", SNAPSHOT_INTERVAL_VARIABLE, RESTORE_GRACE_VARIABLE,
+              *GATEWAY_VARIABLES, *FRONT_DOOR_VARIABLES)
 
     def launch(self, ctx: Context) -> Launch:
         argv: tuple[str, ...] = (

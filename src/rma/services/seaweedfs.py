@@ -4,7 +4,8 @@
 UI off) with a maintenance worker, and the S3 gateway, all on the one address it binds (and
 loopback beside it). Only the gateway checks S3 signatures; the others would serve anyone. So every
 start writes, for the server's account only to read:
-- the S3 identity: access key `rma`, the coordinator's secret; anonymous requests are refused;
+- the S3 identity: access key `rma`, the coordinator's secret; anonymous requests are refused; and
+  chromadb's snapshots' identity, whose key reaches their bucket only;
 - `security.toml` (weed's -config_dir): gRPC demands a certificate, the volume server's and the
   filer's HTTP need tokens signed with the store's keys, and the master's HTTP (which deletes
   buckets) answers this machine only. The keys and the certificate are derived from the store's
@@ -38,7 +39,7 @@ import httpx
 
 from rma import catalog
 from rma.files import write_private
-from rma.replication import PRIMARY_VARIABLE, REPLICA_NAME_VARIABLE
+from rma.replication import PRIMARY_VARIABLE, REPLICA_NAME_VARIABLE, SNAPSHOT_BUCKET, SNAPSHOT_USER, snapshot_key
 from rma.services.accounts import STORE_ACCOUNT, as_server, check_reachable, service_account
 from rma.services.base import HEALTH_TIMEOUT_S, Context, Launch, find_binary, probe_host
 
@@ -65,7 +66,7 @@ PORT_TRIES = 50
 HEALTH_BUCKET = "rma-health"  # created by weed at start (-bucket); holds only the probe below
 HEALTH_OBJECT = "probe"
 REGION = "us-east-1"  # given, so the S3 client never asks the server for it
-RESYNC_S = 1  # between a filer.sync that ended and the next
+RESYNC_MAX_S = 60  # the longest wait between a filer.sync that ended and the next
 # The gRPC certificate is derived from the store's secret, byte for byte the same on every copy: its dates too.
 CERT_FROM = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 CERT_UNTIL = datetime.datetime(2125, 1, 1, tzinfo=datetime.UTC)
@@ -89,7 +90,11 @@ def prepare(ctx: Context, user: str, secret: str) -> None:
     (data / "mini.options").unlink(missing_ok=True)
     identity = {"name": user, "credentials": [{"accessKey": user, "secretKey": secret}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
-    write_private(config / IDENTITIES, json.dumps({"identities": [identity]}), owner)
+    # chromadb's snapshots (rma.replication): its own bucket, and no other.
+    snapshots = {"name": SNAPSHOT_USER,
+                 "credentials": [{"accessKey": SNAPSHOT_USER, "secretKey": snapshot_key(secret)}],
+                 "actions": [f"{action}:{SNAPSHOT_BUCKET}" for action in ("Admin", "Read", "Write", "List")]}
+    write_private(config / IDENTITIES, json.dumps({"identities": [identity, snapshots]}), owner)
     cert, key = _grpc_identity(secret)
     write_private(config / CERT, cert, owner)
     write_private(config / KEY, key, owner)
@@ -143,16 +148,22 @@ def _follow(ctx: Context, primary: str) -> tuple[str, ...]:
     """`weed filer.sync` between the primary at `primary` (its S3 host:port) and this copy, both ways.
 
     filer.sync exits when a filer does not answer at its start (this copy's own is still starting, or the
-    primary's machine is gone), so a shell loop starts it again a second later: it resumes from the
-    checkpoints it keeps in the two filers. The health probe's bucket is each copy's own.
+    primary's machine is gone), so a shell loop starts it again: 2 s later, doubling to a minute while each
+    run is short. It resumes from the checkpoints it keeps in the two filers. Its log goes to its own
+    bounded files only: a peer gone for days makes it retry, and say so, every two seconds. The health
+    probe's bucket is each copy's own.
     """
     host, port = primary.rsplit(":", 1)
     config = ctx.data_dir.resolve() / CONFIG
     sync = (find_binary("weed") or "weed", f"-config_dir={config}", f"-logdir={ctx.data_dir.resolve() / FOLDER / LOGS}",
-            f"-log_max_size_mb={LOG_MB}", f"-log_max_files={LOG_FILES}", "filer.sync",
+            f"-log_max_size_mb={LOG_MB}", f"-log_max_files={LOG_FILES}", "-alsologtostderr=false",
+            "-stderrthreshold=FATAL", "filer.sync",
             f"-a={filer_address(host.strip('[]'), int(port))}", f"-b={filer_address(probe_host(ctx.host), ctx.port)}",
             f"-a.excludePaths=/buckets/{HEALTH_BUCKET}", f"-b.excludePaths=/buckets/{HEALTH_BUCKET}")
-    return ("sh", "-c", f'while :; do "$@"; sleep {RESYNC_S}; done', "filer.sync", *sync)
+    loop = (f"pause=1; while :; do began=$(date +%s); \"$@\"; "
+            f"if [ $(($(date +%s) - began)) -ge {RESYNC_MAX_S} ]; then pause=1; fi; "
+            f"pause=$((pause * 2 > {RESYNC_MAX_S} ? {RESYNC_MAX_S} : pause * 2)); sleep $pause; done")
+    return ("sh", "-c", loop, "filer.sync", *sync)
 
 
 def s3_port_usable(host: str, port: int) -> bool:

@@ -72,6 +72,7 @@ class Agent:
         self.interval = 5.0
         self.registered = False
         self._assigned: tuple[str, ...] | None = None
+        self._configured: dict[str, dict[str, str]] = {}  # service → the config env its driver was last told of
         self.mesh = MeshNode(config.data_dir / "mesh", config.data_dir / "logs" / "nebula.log") \
             if profile.mesh else None
         # Set when a service changes state: the next heartbeat goes now, not an interval later.
@@ -92,7 +93,8 @@ class Agent:
         for name, sup in self.supervisors.items():
             status = sup.status
             report[name] = ServiceStatus(state=status.state.value, port=status.port, restarts=status.restarts,
-                                         message=status.message[:500])
+                                         message=status.message[:500],
+                                         snapshot_at=sup.driver.snapshot_at(sup.placement.data_dir))
         return report
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -224,6 +226,18 @@ class Agent:
             self.supervisors[name].stop()
         for config in actions.start:
             self._start(config, group)
+        self._reconfigure(desired, actions.start)
+
+    def _reconfigure(self, desired: list[ServiceConfig], started: tuple[ServiceConfig, ...]) -> None:
+        """Tell each running service's driver when its config changed since it started or was last told."""
+        for config in desired:
+            sup = self.supervisors.get(config.name)
+            if sup is None or config in started:
+                continue
+            env = {**self.config.service_env, **config.env}
+            if env != self._configured.get(config.name, sup.placement.env):
+                self._configured[config.name] = env
+                sup.driver.reconfigure(sup.placement.data_dir, env)
 
     def _start(self, config: ServiceConfig, group: asyncio.TaskGroup) -> None:
         name, port, data_dir = config.name, config.port, self.config.data_dir
@@ -233,6 +247,7 @@ class Agent:
                               {**self.config.service_env, **config.env}, config.secret,
                               config.engine or next(iter(self.profile.engines.get(name, ())), None),
                               on_mesh=overlay is not None)
+        self._configured.pop(name, None)
         sup = Supervisor(self.drivers[name], placement, self.policy, on_change=self._report_now.set)
         self.supervisors[name] = sup
         log.info("%s: assigned, starting on port %d (log %s)", name, port, placement.log_path)

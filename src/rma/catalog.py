@@ -73,7 +73,8 @@ class Service:
     calls: tuple[str, ...] = ()
     # A store whose engine replicates it across machines (on a pool with a shared store): how, in a word.
     replication: str = ""
-    # A store that cannot replicate, whose holder copies snapshots to the pool's S3 there instead (chromadb).
+    # A store that cannot replicate, whose holder copies snapshots to the pool's S3 there instead (chromadb, and
+    # neo4j on ArcadeDB).
     snapshots: bool = False
 
     def health_of(self, engine: str | None) -> HealthCheck:
@@ -185,7 +186,7 @@ SERVICES: tuple[Service, ...] = (
             Engine("arcadedb", modules=("arcadedb_embedded", "neo4j"), ram_mb=512, user="root"),
         ),
         # Bolt on 7687 beside HTTP; each engine's driver checks with a real query
-        TCP, stateful=True, target_replicas=1, reached_by=STORE_CALLERS, more_ports=(7687,),
+        TCP, stateful=True, target_replicas=1, reached_by=STORE_CALLERS, more_ports=(7687,), snapshots=True,
     ),
     Service("coordinator", 4, Kind.EDGE, 1, 8080, (own("coordinator"),), HTTP, reached_by=EVERY_MEMBER),
     Service("edge-proxy", 4, Kind.EDGE, 1, 8787, (own("edge-proxy"),), HTTP, internet_facing=True),

@@ -54,11 +54,11 @@ def coordinator(
                                                  help="A worker's mesh certificate lasts this long, renewed over "
                                                       "heartbeats at half of it."),
     snapshot_interval: float = typer.Option(300.0, envvar="RMA_SNAPSHOT_INTERVAL_S", min=1.0,
-                                            help="Where stores replicate: seconds between the snapshots chromadb's "
-                                                 "holder copies to the pool's S3."),
+                                            help="Where stores replicate: seconds between the snapshots the holders of "
+                                                 "chromadb and neo4j copy to the pool's S3."),
     restore_grace: float = typer.Option(300.0, envvar="RMA_RESTORE_GRACE_S", min=0.0,
-                                        help="Seconds chromadb waits for a vanished holder before another worker "
-                                             "restores its newest snapshot (what was written since is lost)."),
+                                        help="Seconds chromadb or neo4j waits for a vanished holder before another "
+                                             "worker restores its newest snapshot (what was written since is lost)."),
 ) -> None:
     """Run the coordinator: worker registry, gap-filling placement, health timers."""
     from rma.coordinator.auth import parse_networks

@@ -13,10 +13,11 @@ coordinator asks its own Sentinel which copy is primary.
 S3 (SeaweedFS) replicates with `weed filer.sync`, both ways between a copy and the primary it started beside.
 SeaweedFS elects nothing: the coordinator names the primary (the copy named longest, while it serves).
 
-chromadb cannot replicate (Chroma 1.x does so only in its Kubernetes distribution): its holder copies a
-consistent snapshot to the pool's S3 every interval, with an S3 identity that reaches that one bucket, and a
-new holder restores the newest. The coordinator waits a grace for a vanished holder before it places the store
-elsewhere, and the gap report says how old the newest snapshot is.
+chromadb and neo4j (ArcadeDB) cannot replicate here (Chroma 1.x does so only in its Kubernetes distribution,
+ArcadeDB with a plugin PyPI's wheel leaves out): each one's holder copies a consistent snapshot to the pool's
+S3 every interval, with an S3 identity that reaches that one bucket, and a new holder restores the newest.
+The coordinator waits a grace for a vanished holder before it places the store elsewhere, and the gap report
+says how old the newest snapshot is.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ SENTINEL_FAILOVER_TIMEOUT_MS = 2000
 
 SNAPSHOT_BUCKET = "rma-snapshots"
 SNAPSHOT_USER = "rma-snapshots"  # the S3 access key that may use SNAPSHOT_BUCKET and nothing else
-SNAPSHOT_KEY_VARIABLE = "RMA_SNAPSHOT_KEY"  # its secret, in the service config of chromadb only
+SNAPSHOT_KEY_VARIABLE = "RMA_SNAPSHOT_KEY"  # its secret, in the service configs of the snapshotted stores only
 SNAPSHOT_INTERVAL_VARIABLE = "RMA_SNAPSHOT_INTERVAL_S"  # seconds between snapshots (the coordinator's setting)
 RESTORE_GRACE_VARIABLE = "RMA_RESTORE_GRACE_S"  # how long a vanished holder is waited for before a restore
 

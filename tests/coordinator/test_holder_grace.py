@@ -23,8 +23,8 @@ def make(tmp_path: Path, clock: Clock) -> Registry:
                     clock=clock, snapshotted=SNAPSHOTTED, restore_grace=GRACE_S)
 
 
-def test_chromadb_is_the_snapshotted_store() -> None:
-    assert {"chromadb"} == SNAPSHOTTED
+def test_chromadb_and_neo4j_are_the_snapshotted_stores() -> None:
+    assert {"chromadb", "neo4j"} == SNAPSHOTTED
 
 
 def test_the_grace_waits_for_the_holder_and_ends_when_it_returns_or_runs_out() -> None:
@@ -100,13 +100,15 @@ def test_the_newest_snapshot_any_worker_reported_is_the_stores(tmp_path: Path) -
     assert registry.snapshot_at("chromadb") == 990.5
 
 
-def test_only_chromadb_is_given_the_snapshot_key_and_it_is_not_s3s_secret(tmp_path: Path) -> None:
+def test_only_the_snapshotted_stores_are_given_the_snapshot_key_and_it_is_not_s3s_secret(tmp_path: Path) -> None:
     registry = make(tmp_path, Clock())
-    join(registry, "s1", "storage", ["chroma", "redis-server"])
+    join(registry, "s1", "storage", ["chroma", "arcadedb", "redis-server"])
     serve_all(registry, "s1")
     answer = Answers(registry, 1.0, snapshot_interval=42).assignment(registry.get("s1"))
     envs = {config["name"]: config["env"] for config in answer["service_configs"]}
     s3_secret = registry.secrets.secret_for("minio")
-    assert s3_secret and envs["chromadb"][SNAPSHOT_KEY_VARIABLE] == snapshot_key(s3_secret) != s3_secret
-    assert envs["chromadb"][SNAPSHOT_INTERVAL_VARIABLE] == "42"
-    assert len(envs) > 1 and all(SNAPSHOT_KEY_VARIABLE not in env for name, env in envs.items() if name != "chromadb")
+    for store in SNAPSHOTTED:
+        assert s3_secret and envs[store][SNAPSHOT_KEY_VARIABLE] == snapshot_key(s3_secret) != s3_secret
+        assert envs[store][SNAPSHOT_INTERVAL_VARIABLE] == "42"
+    others = [env for name, env in envs.items() if name not in SNAPSHOTTED]
+    assert others and all(SNAPSHOT_KEY_VARIABLE not in env for env in others)

@@ -19,7 +19,7 @@ import pytest
 
 from rma.files import write_private
 from rma.replication import SNAPSHOT_INTERVAL_VARIABLE, SNAPSHOT_KEY_VARIABLE
-from rma.services import DRIVERS, chroma_snapshots
+from rma.services import DRIVERS, snapshots
 from rma.services.accounts import as_server, check_reachable
 from rma.services.base import Context, ServiceDriver, find_binary
 from rma.services.postgres import HBA, PGDATA, listen_addresses
@@ -189,22 +189,22 @@ def test_chroma_persists_under_its_data_dir_without_phoning_home(tmp_path: Path)
     assert launch.env["ANONYMIZED_TELEMETRY"] == "False"
 
 
-def test_chroma_snapshots_only_where_given_the_key_and_follow_s3_where_it_moves(tmp_path: Path) -> None:
+def test_snapshots_only_where_given_the_key_and_follow_s3_where_it_moves(tmp_path: Path) -> None:
     chroma = DRIVERS["chromadb"]
     alone = Context("10.0.0.7", 8001, tmp_path / "alone", secret=SECRET)
     chroma.prepare(alone)
-    assert chroma.launch(alone).companions == () and not (tmp_path / "alone" / chroma_snapshots.TARGET).exists()
+    assert chroma.launch(alone).companions == () and not (tmp_path / "alone" / snapshots.TARGET).exists()
     # S3 not serving yet: nothing to restore from, and the companion waits for an endpoint
     env = {SNAPSHOT_KEY_VARIABLE: "snapshot-key", SNAPSHOT_INTERVAL_VARIABLE: "30"}
     snapshotted = Context("10.0.0.7", 8001, tmp_path / "held", secret=SECRET, env=env)
     chroma.prepare(snapshotted)
     [companion] = chroma.launch(snapshotted).companions
     assert "snapshot-key" not in " ".join(companion.argv) and "snapshot-key" not in str(companion.env)
-    target = tmp_path / "held" / chroma_snapshots.TARGET
+    target = tmp_path / "held" / snapshots.TARGET
     assert target.stat().st_mode & 0o777 == 0o600
-    assert chroma_snapshots.Target.load(tmp_path / "held") == chroma_snapshots.Target("", "snapshot-key", 30.0)
+    assert snapshots.Target.load(tmp_path / "held") == snapshots.Target("", "snapshot-key", 30.0)
     chroma.reconfigure(tmp_path / "held", env | {"MINIO_ENDPOINT": "10.0.0.8:9000"})
-    assert chroma_snapshots.Target.load(tmp_path / "held").endpoint == "10.0.0.8:9000"
+    assert snapshots.Target.load(tmp_path / "held").endpoint == "10.0.0.8:9000"
 
 
 def test_minio_gets_its_root_password_through_the_environment_only(tmp_path: Path) -> None:

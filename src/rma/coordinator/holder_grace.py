@@ -1,6 +1,6 @@
 """The wait for a snapshotted store's vanished holder, before the store is restored on another worker.
 
-A store that cannot replicate (chromadb) lives on one worker; a copy elsewhere would start from its newest
+A store that cannot replicate (chromadb, neo4j) lives on one worker; a copy elsewhere would start from its newest
 snapshot and lose what was written since. So when its holder goes, placement withholds the store for a grace
 the operator sets (RMA_RESTORE_GRACE_S): a holder back within it keeps its store with nothing lost. After it,
 the store is a gap like any other, and the worker that takes it restores the newest snapshot; the old holder

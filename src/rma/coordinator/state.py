@@ -44,8 +44,9 @@ class CoordinatorSettings:
     grace_intervals: float = 3.0
     # A service that crash-looped on a worker is placed elsewhere for this long.
     failure_cooldown: float = 300.0
-    # Where stores replicate: chromadb's holder copies a snapshot to S3 this often (RMA_SNAPSHOT_INTERVAL_S), and a
-    # vanished holder is waited for this long (RMA_RESTORE_GRACE_S) before another worker restores the newest.
+    # Where stores replicate: chromadb's and neo4j's holders copy a snapshot to S3 this often
+    # (RMA_SNAPSHOT_INTERVAL_S), and a vanished holder is waited for this long (RMA_RESTORE_GRACE_S) before
+    # another worker restores the newest.
     snapshot_interval: float = 300.0
     restore_grace: float = 300.0
     join_token: str | None = None

@@ -119,7 +119,7 @@ class ServiceDriver(ABC):
         return None
 
     def snapshot_at(self, data_dir: Path) -> float | None:
-        """When the newest snapshot of this store was copied off the machine (chromadb's); None: none is."""
+        """When the newest snapshot of this store was copied off the machine (chromadb's, neo4j's); None: none is."""
         return None
 
     def prepare(self, ctx: Context) -> None:

@@ -8,7 +8,9 @@ file readable by this user only (an @-file: its command line holds the file's pa
 Clients use Bolt as `root`, whose password the server sets from a 0600 file whenever the users file
 holds no hash for it: every start drops that hash, so the password always is the coordinator's.
 Port 7474 serves ArcadeDB's own HTTP API, not Neo4j's. Bolt sessions without a database name get
-the `rma` database.
+the `rma` database. Where the coordinator gives it the snapshot key, ArcadeDB's databases are snapshotted
+to the pool's S3 as chromadb's are (rma.services.snapshots): ArcadeDB's own HA is a plugin PyPI's wheel
+does not ship.
 
 Health is an authenticated round trip on either engine, so a password that did not take is never healthy.
 """
@@ -28,6 +30,7 @@ import httpx
 
 from rma import catalog
 from rma.files import write_private
+from rma.services import snapshots
 from rma.services.accounts import STORE_ACCOUNT, as_server, check_reachable, service_account
 from rma.services.base import (
     HEALTH_TIMEOUT_S,
@@ -47,6 +50,7 @@ SET_PASSWORD_TIMEOUT_S = 120.0  # neo4j-admin starts a JVM
 ROOT_USER = catalog.get("neo4j").engine("arcadedb").user  # ArcadeDB's built-in administrator
 DATABASE = "rma"  # ArcadeDB's database for Bolt sessions that name none
 CONFIG = "config"  # ArcadeDB's configuration folder under its root path
+DATABASES = "databases"  # and its databases' (DATABASE's folder is there once it has started)
 PASSWORD_FILE = "root-password"
 USERS_FILE = "server-users.jsonl"
 LOG_PROPERTIES = "arcadedb-log.properties"
@@ -76,7 +80,7 @@ UNSERVED_JARS = ("arcadedb-mcp-", "arcadedb-postgresw-", "arcadedb-redisw-", "ar
 HEAP_SHARE = 2  # -Xmx is the catalogue's RAM budget over this: the JVM's own memory fills the rest
 
 
-class Neo4j(ServiceDriver):
+class Neo4j(snapshots.Snapshotted, ServiceDriver):
     name = "neo4j"
     engines = (NEO4J, ARCADEDB)
     engine = NEO4J
@@ -112,7 +116,8 @@ class Neo4j(ServiceDriver):
                 f"-Djava.util.logging.config.file={root / CONFIG / LOG_PROPERTIES}",
                 *(f"-Darcadedb.{key}={value}" for key, value in settings(ctx).items()),
                 "-cp", classpath, "com.arcadedb.server.ArcadeDBServer")
-        return Launch(as_server(argv, service_account(STORE_ACCOUNT), "SIGTERM"), cwd=root)
+        companions = (Launch(holding(ctx.data_dir).companion(), cwd=root),) if snapshots.enabled(ctx.env) else ()
+        return Launch(as_server(argv, service_account(STORE_ACCOUNT), "SIGTERM"), cwd=root, companions=companions)
 
     async def healthy(self, ctx: Context) -> bool:
         return await (_bolt_ok(ctx) if ctx.engine == ARCADEDB else _http_ok(ctx))
@@ -227,12 +232,19 @@ def _prepare_arcadedb(ctx: Context, secret: str) -> None:
     root.chmod(0o700)  # the databases are the clients' data
     for folder in (root / CONFIG, root / "tmp"):
         folder.mkdir(exist_ok=True)
+    snapshots.prepare(ctx.env, holding(root), DATABASE)  # before the hand-over, which gives a restore to the account
     if account:
         _hand_over(root, account)
     config_dir = root / CONFIG
     write_private(config_dir / LOG_PROPERTIES, LOGGING, owner)
     write_private(config_dir / PASSWORD_FILE, secret, owner)  # read whole: no newline
     _forget_root_password(config_dir / USERS_FILE, owner)
+
+
+def holding(data_dir: Path) -> snapshots.Holding:
+    """The databases folder, copied whole; the server is the JVM whose root path is the data dir."""
+    root = data_dir.resolve()
+    return snapshots.Holding("neo4j", root / DATABASES, root, f"-Darcadedb.server.rootPath={root}")
 
 
 def _hand_over(root: Path, account: pwd.struct_passwd) -> None:

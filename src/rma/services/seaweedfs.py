@@ -5,7 +5,7 @@ UI off) with a maintenance worker, and the S3 gateway, all on the one address it
 loopback beside it). Only the gateway checks S3 signatures; the others would serve anyone. So every
 start writes, for the server's account only to read:
 - the S3 identity: access key `rma`, the coordinator's secret; anonymous requests are refused; and
-  chromadb's snapshots' identity, whose key reaches their bucket only;
+  the snapshots' identity (chromadb's and neo4j's), whose key reaches their bucket only;
 - `security.toml` (weed's -config_dir): gRPC demands a certificate, the volume server's and the
   filer's HTTP need tokens signed with the store's keys, and the master's HTTP (which deletes
   buckets) answers this machine only. The keys and the certificate are derived from the store's
@@ -90,7 +90,7 @@ def prepare(ctx: Context, user: str, secret: str) -> None:
     (data / "mini.options").unlink(missing_ok=True)
     identity = {"name": user, "credentials": [{"accessKey": user, "secretKey": secret}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
-    # chromadb's snapshots (rma.replication): its own bucket, and no other.
+    # the snapshots of chromadb and neo4j (rma.replication): their own bucket, and no other.
     snapshots = {"name": SNAPSHOT_USER,
                  "credentials": [{"accessKey": SNAPSHOT_USER, "secretKey": snapshot_key(secret)}],
                  "actions": [f"{action}:{SNAPSHOT_BUCKET}" for action in ("Admin", "Read", "Write", "List")]}

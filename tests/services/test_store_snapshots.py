@@ -120,6 +120,22 @@ def test_a_holder_with_a_store_keeps_it_and_the_bucket_keeps_the_newest_three(da
     assert (data_dir / "first" / DATA / DATABASE).exists()
 
 
+def test_a_holder_back_after_another_took_over_serves_the_newer_copy_and_keeps_its_own_aside(
+        data_dir: Path, s3: Context) -> None:
+    env = snapshot_env(s3)
+    with holder(data_dir / "first", env) as client:
+        add(client, 0, 10)
+        snapshot(chroma.holding(data_dir / "first"), env)
+        add(client, 10, 1)  # never in a snapshot: kept aside on the old holder's disk, not deleted
+    with holder(data_dir / "second", env) as client:  # restored after the grace, and written to
+        add(client, 20, 5)
+        snapshot(chroma.holding(data_dir / "second"), env)
+    with holder(data_dir / "first", env) as client:  # the old holder, back late with its copy
+        assert ids(client) == {f"letter-{i}" for i in (*range(10), *range(20, 25))}
+    [aside] = (data_dir / "first").glob(f"{DATA}.superseded-*")
+    assert (aside / DATABASE).exists()
+
+
 def test_the_snapshot_identity_reaches_its_bucket_and_nothing_else(data_dir: Path, s3: Context) -> None:
     env = snapshot_env(s3)
     with holder(data_dir / "first", env):

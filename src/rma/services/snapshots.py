@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -45,10 +46,11 @@ if TYPE_CHECKING:
     import minio
 
 ENDPOINT_VARIABLE = "MINIO_ENDPOINT"  # the seed's: where the pool's S3 is, host:port
-SUFFIX = ".tar.gz"  # object names: SERVICE/ + milliseconds since the epoch + SUFFIX
+SUFFIX = ".tar.gz"  # object names: SERVICE/ + milliseconds since the epoch + "-" + lineage + SUFFIX
 KEEP = 3  # snapshots kept; older ones are removed after each new one
 STATE = "snapshot.json"  # in the state folder: when the newest snapshot was copied off, for the heartbeat
 TARGET = "snapshot-target.json"  # in the state folder, 0600: where snapshots go (Target)
+LINEAGE = "lineage.json"  # in the state folder: this copy's lineage (see _superseded)
 ARCHIVE_ROOT = "store"  # the folder name inside the tar
 DEFAULT_INTERVAL_S = 300.0
 TIMEOUT_S = 10  # each S3 request
@@ -129,17 +131,56 @@ class Snapshotted:
 
 
 def prepare(env: Mapping[str, str], holding: Holding, holds: str) -> None:
-    """Where snapshots are on: save their target, and restore the newest into a store that lacks `holds`
-    (what a store that has ever started has) while S3 is known. An empty folder is replaced; a store with
-    files but not `holds` is never overwritten."""
+    """Where snapshots are on: save their target, and, while S3 is known, restore the newest snapshot into a
+    store that lacks `holds` (what a store that has ever started has) or that a newer holder superseded. An
+    empty folder is replaced; a superseded store is moved aside, never deleted; a store with files but not
+    `holds` is never touched."""
     if not enabled(env):
         return
     target = Target.from_env(env)
     target.save(holding.state)
-    if target.endpoint and not (holding.store / holds).exists():
-        if holding.store.exists():
-            holding.store.rmdir()
-        restore(target, holding)
+    if not target.endpoint:
+        return
+    store = holding.store
+    if (store / holds).exists():
+        if not _superseded(target, holding):
+            return
+        store.rename(store.with_name(f"{store.name}.superseded-{int(time.time())}"))
+    elif store.exists():
+        store.rmdir()
+    if restore(target, holding) is None:
+        _begin_lineage(holding.state)
+
+
+def _superseded(target: Target, holding: Holding) -> bool:
+    """Whether another holder took the store over after this one's copy began: its snapshot is the newest.
+
+    Each copy has a lineage, begun when it is created or restored, and every snapshot names its own. A holder
+    back after the grace finds the restored copy's snapshots, newer than its own lineage: its copy is stale
+    (it may have writes the snapshots lack, which is why it is moved aside and not deleted). A holder back
+    within the grace finds its own lineage newest, and keeps its copy.
+    """
+    own = _lineage(holding.state)
+    if own is None:
+        _begin_lineage(holding.state)  # a copy from before lineages: nothing newer than now supersedes it
+        return False
+    names = _names(target.client(), holding.prefix)
+    newest = _parsed(names[-1], holding.prefix) if names else None
+    return newest is not None and newest[1] != own[0] and newest[0] / 1000 > own[1]
+
+
+def _lineage(state: Path) -> tuple[str, float] | None:
+    """This copy's lineage and when it began."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        lineage = json.loads((state / LINEAGE).read_text())
+        return str(lineage["id"]), float(lineage["began"])
+    return None
+
+
+def _begin_lineage(state: Path) -> str:
+    lineage = secrets.token_hex(8)
+    (state / LINEAGE).write_text(json.dumps({"id": lineage, "began": time.time()}))
+    return lineage
 
 
 def server_pid(marker: str) -> int | None:
@@ -175,7 +216,8 @@ def copy_off(target: Target, holding: Holding, pid: int) -> float:
         paused = take(holding.store, pid, archive)
         if not s3.bucket_exists(SNAPSHOT_BUCKET):
             s3.make_bucket(SNAPSHOT_BUCKET)
-        s3.fput_object(SNAPSHOT_BUCKET, f"{holding.prefix}{int(taken * 1000)}{SUFFIX}", str(archive))
+        lineage = own[0] if (own := _lineage(holding.state)) else _begin_lineage(holding.state)
+        s3.fput_object(SNAPSHOT_BUCKET, f"{holding.prefix}{int(taken * 1000)}-{lineage}{SUFFIX}", str(archive))
         size = archive.stat().st_size
     finally:
         archive.unlink(missing_ok=True)
@@ -189,12 +231,15 @@ def _names(s3: minio.Minio, prefix: str) -> list[str]:
     """One service's snapshots in the bucket, oldest first (their names are their times)."""
     if not s3.bucket_exists(SNAPSHOT_BUCKET):
         return []
-    names = [o.object_name for o in s3.list_objects(SNAPSHOT_BUCKET, prefix=prefix) if o.object_name]
-    return sorted((n for n in names if _taken_ms(n, prefix).isdigit()), key=lambda n: int(_taken_ms(n, prefix)))
+    named = [(parsed, o.object_name) for o in s3.list_objects(SNAPSHOT_BUCKET, prefix=prefix)
+             if o.object_name and (parsed := _parsed(o.object_name, prefix)) is not None]
+    return [name for _, name in sorted(named)]
 
 
-def _taken_ms(name: str, prefix: str) -> str:
-    return name.removeprefix(prefix).removesuffix(SUFFIX)
+def _parsed(name: str, prefix: str) -> tuple[int, str] | None:
+    """A snapshot's name → (milliseconds since the epoch when it was taken, its lineage); None: not one."""
+    taken, _, lineage = name.removeprefix(prefix).removesuffix(SUFFIX).partition("-")
+    return (int(taken), lineage) if taken.isdigit() else None
 
 
 def restore(target: Target, holding: Holding) -> float | None:
@@ -215,8 +260,9 @@ def restore(target: Target, holding: Holding) -> float | None:
     finally:
         archive.unlink(missing_ok=True)
         shutil.rmtree(unpacked, ignore_errors=True)
-    taken = int(_taken_ms(names[-1], holding.prefix)) / 1000
+    taken = (_parsed(names[-1], holding.prefix) or (0, ""))[0] / 1000
     (holding.state / STATE).write_text(json.dumps({"at": taken, "bytes": size, "restored": True}))
+    _begin_lineage(holding.state)  # a new copy: whatever its source's holder still has is superseded
     return taken
 
 

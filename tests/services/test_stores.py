@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import shutil
@@ -205,6 +206,17 @@ def test_snapshots_only_where_given_the_key_and_follow_s3_where_it_moves(tmp_pat
     assert snapshots.Target.load(tmp_path / "held") == snapshots.Target("", "snapshot-key", 30.0)
     chroma.reconfigure(tmp_path / "held", env | {"MINIO_ENDPOINT": "10.0.0.8:9000"})
     assert snapshots.Target.load(tmp_path / "held").endpoint == "10.0.0.8:9000"
+
+
+def test_a_chroma_holder_with_its_store_starts_with_it_while_s3_cannot_be_reached(tmp_path: Path) -> None:
+    chroma = DRIVERS["chromadb"]
+    (tmp_path / "chroma").mkdir()
+    (tmp_path / "chroma" / "chroma.sqlite3").write_bytes(b"records")
+    (tmp_path / snapshots.LINEAGE).write_text(json.dumps({"id": "own", "began": 0}))
+    nowhere = f"127.0.0.1:{free_port('127.0.0.1')}"  # no S3 listens there
+    env = {SNAPSHOT_KEY_VARIABLE: "snapshot-key", "MINIO_ENDPOINT": nowhere}
+    chroma.prepare(Context("127.0.0.1", 8001, tmp_path, secret=SECRET, env=env))
+    assert (tmp_path / "chroma" / "chroma.sqlite3").read_bytes() == b"records"
 
 
 def test_minio_gets_its_root_password_through_the_environment_only(tmp_path: Path) -> None:

@@ -164,7 +164,10 @@ def _superseded(target: Target, holding: Holding) -> bool:
     if own is None:
         _begin_lineage(holding.state)  # a copy from before lineages: nothing newer than now supersedes it
         return False
-    names = _names(target.client(), holding.prefix)
+    try:
+        names = _names(target.client(), holding.prefix)
+    except Exception:  # noqa: BLE001 - S3 unreachable: the copy this holder has is served, as without snapshots
+        return False
     newest = _parsed(names[-1], holding.prefix) if names else None
     return newest is not None and newest[1] != own[0] and newest[0] / 1000 > own[1]
 

@@ -37,8 +37,7 @@ from snapshot_restore import (  # noqa: E402
     RESTORE_GRACE_S,
     SNAPSHOT_INTERVAL_S,
     STORES,
-    Debts,
-    Letters,
+    Records,
     holder,
     lose_the_holder,
     snapshot_after,
@@ -54,7 +53,7 @@ STEADY_S = 12.0  # the writer alone, through several snapshots
 class RecordWriter:
     """Adds one record per request to the holder discovery names, until stopped or the holder is gone."""
 
-    def __init__(self, pool: StorePool, store: Letters | Debts, first: int) -> None:
+    def __init__(self, pool: StorePool, store: Records, first: int) -> None:
         self.pool, self.store, self.next_id = pool, store, first
         self.acknowledged: list[int] = []
         self.waits: list[float] = []
@@ -97,7 +96,7 @@ def snapshot_state(pool: StorePool, worker_id: str, service: str) -> dict[str, f
     return figures
 
 
-def measure(store: Letters | Debts) -> None:
+def measure(store: Records) -> None:
     service = store.service
     with tempfile.TemporaryDirectory() as folder, snapshot_pool(Path(folder)) as pool:
         with store.adder(pool) as add:

@@ -47,7 +47,23 @@ def holder(pool: StorePool, service: str) -> str | None:
     return workers[0] if len(workers) == 1 else None
 
 
-class Letters:
+class Records:
+    """A store's client: `adder` opens one connection and adds numbered records on it, `records` reads them."""
+
+    service: str
+
+    def adder(self, pool: StorePool) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
+        raise NotImplementedError
+
+    def records(self, pool: StorePool) -> set[int]:
+        raise NotImplementedError
+
+    def write(self, pool: StorePool, first: int, count: int) -> None:
+        with self.adder(pool) as add:
+            add(first, count)
+
+
+class Letters(Records):
     """chromadb: a collection of letters' embeddings, one record per letter."""
 
     service = "chromadb"
@@ -68,10 +84,6 @@ class Letters:
                         documents=[f"letter {i}: a council tax arrears letter" for i in ids])
         yield add
 
-    def write(self, pool: StorePool, first: int, count: int) -> None:
-        with self.adder(pool) as add:
-            add(first, count)
-
     def records(self, pool: StorePool) -> set[int]:
         """The numbers of the letters the holder serves (empty while none answers)."""
         try:
@@ -81,7 +93,7 @@ class Letters:
             return set()
 
 
-class Debts:
+class Debts(Records):
     """neo4j: a graph of debts, one node per debt, over Bolt."""
 
     service = "neo4j"
@@ -103,10 +115,6 @@ class Debts:
                             last=first + count - 1).consume()
             yield add
 
-    def write(self, pool: StorePool, first: int, count: int) -> None:
-        with self.adder(pool) as add:
-            add(first, count)
-
     def records(self, pool: StorePool) -> set[int]:
         """The numbers of the debts the holder serves (empty while none answers)."""
         try:
@@ -116,7 +124,7 @@ class Debts:
             return set()
 
 
-STORES = (Letters(), Debts())
+STORES: tuple[Records, ...] = (Letters(), Debts())
 
 
 def gap(pool: StorePool, service: str) -> dict[str, Any]:
@@ -142,7 +150,7 @@ class Restore:
     kept: int  # records served after the restore
 
 
-def lose_the_holder(pool: StorePool, store: Letters | Debts, written: int) -> Restore:
+def lose_the_holder(pool: StorePool, store: Records, written: int) -> Restore:
     """Kill the holder of `store`'s `written` records (all in a snapshot), wait out the grace, time the restore."""
     victim = holder(pool, store.service)
     assert victim is not None

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from procs import wait_until
-from snapshot_restore import STORES, Debts, Letters, gap, lose_the_holder, snapshot_after, snapshot_pool
+from snapshot_restore import STORES, Records, gap, lose_the_holder, snapshot_after, snapshot_pool
 from store_failover import StorePool, patroni_missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -31,7 +31,7 @@ def back(pool: StorePool, worker_id: str) -> dict[str, Any] | None:
 
 @pytest.mark.parametrize("store", STORES, ids=[store.service for store in STORES])
 def test_a_dead_holder_is_waited_for_then_its_newest_snapshot_is_restored_on_the_survivor(
-        tmp_path: Path, store: Letters | Debts) -> None:
+        tmp_path: Path, store: Records) -> None:
     service = store.service
     with snapshot_pool(tmp_path) as pool:
         store.write(pool, 0, WRITTEN)

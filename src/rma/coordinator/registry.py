@@ -432,7 +432,7 @@ class Registry(Directory):
                 downed.append(record)
                 why = "its watch stream dropped" if dropped and not silent else "it went silent"
                 self._event("down", record.worker_id, f"{why}; last beat {now - record.last_seen:.1f}s ago")
-        for record in downed:
+        for record in downed:  # every vanished holder first: no heal may hand another's store on meanwhile
             self._holder_went(record, now)
         for record in downed:
             self._heal(record.assigned)

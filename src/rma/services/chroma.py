@@ -31,15 +31,13 @@ class Chroma(snapshots.Snapshotted, ServiceDriver):
 
     def launch(self, ctx: Context) -> Launch:
         path = ctx.data_dir.resolve() / DATA
-        companions = (Launch(holding(ctx.data_dir).companion(), cwd=ctx.data_dir),) \
-            if snapshots.enabled(ctx.env) else ()
         return Launch(
             (find_binary("chroma") or "chroma", "run", "--path", str(path), "--host", ctx.host, "--port",
              str(ctx.port)),
             env={"ANONYMIZED_TELEMETRY": "False",  # a store does not report to anyone outside the pool
                  "NO_COLOR": "1"},  # plain lines in the worker's log file
             cwd=ctx.data_dir,
-            companions=companions,
+            companions=holding(ctx.data_dir).companions(ctx.env),
         )
 
 

@@ -116,8 +116,8 @@ class Neo4j(snapshots.Snapshotted, ServiceDriver):
                 f"-Djava.util.logging.config.file={root / CONFIG / LOG_PROPERTIES}",
                 *(f"-Darcadedb.{key}={value}" for key, value in settings(ctx).items()),
                 "-cp", classpath, "com.arcadedb.server.ArcadeDBServer")
-        companions = (Launch(holding(ctx.data_dir).companion(), cwd=root),) if snapshots.enabled(ctx.env) else ()
-        return Launch(as_server(argv, service_account(STORE_ACCOUNT), "SIGTERM"), cwd=root, companions=companions)
+        return Launch(as_server(argv, service_account(STORE_ACCOUNT), "SIGTERM"), cwd=root,
+                      companions=holding(ctx.data_dir).companions(ctx.env))
 
     async def healthy(self, ctx: Context) -> bool:
         return await (_bolt_ok(ctx) if ctx.engine == ARCADEDB else _http_ok(ctx))

@@ -41,6 +41,7 @@ from rma.replication import (
     SNAPSHOT_USER,
 )
 from rma.services.accounts import STORE_ACCOUNT, service_account
+from rma.services.base import Launch
 
 if TYPE_CHECKING:
     import minio
@@ -112,10 +113,16 @@ class Holding:
     def prefix(self) -> str:
         return f"{self.service}/"
 
-    def companion(self) -> tuple[str, ...]:
-        """The companion's command line: no secret on it."""
-        return (sys.executable, "-m", "rma.services.snapshots", self.service, str(self.store), str(self.state),
+    @property
+    def archive(self) -> Path:
+        """A snapshot on its way to S3 or from it."""
+        return self.state / f".{ARCHIVE_ROOT}{SUFFIX}.part"
+
+    def companions(self, env: Mapping[str, str]) -> tuple[Launch, ...]:
+        """The companion that snapshots the store, where snapshots are on; no secret on its command line."""
+        argv = (sys.executable, "-m", "rma.services.snapshots", self.service, str(self.store), str(self.state),
                 self.marker)
+        return (Launch(argv, cwd=self.state),) if enabled(env) else ()
 
 
 class Snapshotted:
@@ -213,7 +220,7 @@ def take(store: Path, pid: int, archive: Path) -> float:
 def copy_off(target: Target, holding: Holding, pid: int) -> float:
     """Take a snapshot, put it in the bucket, keep the newest KEEP; the moment it was taken."""
     s3 = target.client()
-    archive = holding.state / f".{ARCHIVE_ROOT}{SUFFIX}.part"
+    archive = holding.archive
     taken = time.time()
     try:
         paused = take(holding.store, pid, archive)
@@ -251,7 +258,7 @@ def restore(target: Target, holding: Holding) -> float | None:
     names = _names(s3, holding.prefix)
     if not names:
         return None
-    archive = holding.state / f".{ARCHIVE_ROOT}{SUFFIX}.part"
+    archive = holding.archive
     unpacked = holding.state / f".{ARCHIVE_ROOT}.restoring"
     shutil.rmtree(unpacked, ignore_errors=True)
     try:

@@ -234,17 +234,21 @@ class Agent:
             sup = self.supervisors.get(config.name)
             if sup is None or config in started:
                 continue
-            env = {**self.config.service_env, **config.env}
+            env = self._service_env(config)
             if env != self._configured.get(config.name, sup.placement.env):
                 self._configured[config.name] = env
                 sup.driver.reconfigure(sup.placement.data_dir, env)
+
+    def _service_env(self, config: ServiceConfig) -> dict[str, str]:
+        """A service's variables: the worker's own, then its config's."""
+        return {**self.config.service_env, **config.env}
 
     def _start(self, config: ServiceConfig, group: asyncio.TaskGroup) -> None:
         name, port, data_dir = config.name, config.port, self.config.data_dir
         overlay = self._overlay_host(name)
         placement = Placement(overlay or self.config.bind_host, port, service_dir(data_dir, name),
                               data_dir / "logs" / f"{name}.log", self.config.coordinator_urls, self.interval,
-                              {**self.config.service_env, **config.env}, config.secret,
+                              self._service_env(config), config.secret,
                               config.engine or next(iter(self.profile.engines.get(name, ())), None),
                               on_mesh=overlay is not None)
         self._configured.pop(name, None)
